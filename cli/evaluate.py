@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nmt_cli.common import guard
+
+File = Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True)]
+
+
+def evaluate(
+    ref: Annotated[Path, typer.Option("--ref", "-r", exists=True, dir_okay=False, readable=True, help="Reference file.")],
+    hyp: Annotated[Optional[Path], typer.Option("--hyp", exists=True, dir_okay=False, readable=True,
+                                                help="Hypotheses to score (one per line).")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True,
+                                                  help="Translate --src with this checkpoint, then score.")] = None,
+    src: Annotated[Optional[Path], typer.Option("--src", exists=True, dir_okay=False, readable=True,
+                                                help="Source file (with --model).")] = None,
+    beam: Annotated[int, typer.Option(min=1, help="Beam size when translating.")] = 5,
+    ter: Annotated[bool, typer.Option(help="Also compute TER.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Score translations with sacreBLEU (BLEU and chrF, with signatures).
+
+        nmt evaluate --hyp out.en --ref test.en
+        nmt evaluate -m runs/de-en/best.pt --src test.de --ref test.en --json
+    """
+    from nmt.errors import NmtError
+    from nmt.evaluate import score
+    from nmt.prepare import read_lines
+
+    with guard():
+        if (hyp is None) == (model is None):
+            raise NmtError("give either --hyp FILE, or --model CKPT with --src FILE")
+        if hyp is not None:
+            hyps = read_lines(hyp)
+        else:
+            if src is None:
+                raise NmtError("--model needs --src (the source text to translate)")
+            from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+            from nmt.train import pick_device
+            from nmt.translate import SearchOptions, Translator
+
+            dev = pick_device(device)
+            net, vocab = model_from_checkpoint(load_checkpoint(model))
+            hyps = Translator(net.to(dev), vocab, SearchOptions(beam=beam), device=dev).translate(read_lines(src))
+        result = score(hyps, read_lines(ref), ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
+        if as_json:
+            typer.echo(json.dumps({k: {"score": v["score"], "signature": v["signature"]} for k, v in result.items()}))
+        else:
+            for v in result.values():
+                typer.echo(f"{v['text']}\n  signature: {v['signature']}")

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nmt_cli.common import guard
+
+
+def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (best.pt, last.pt).")]) -> None:
+    """Describe a checkpoint: model kind, parameters, config, vocabulary, step, valid BLEU.
+
+        nmt info runs/de-en/best.pt
+    """
+    from nmt.checkpoint import load_checkpoint
+    from nmt.vocab import Vocab
+
+    with guard():
+        ckpt = load_checkpoint(checkpoint)
+        unique = {t.untyped_storage().data_ptr(): t.numel() for t in ckpt["weights"].values()}  # tied = once
+        params = sum(unique.values())
+        meta = ckpt.get("meta", {})
+        lines = [
+            f"file:           {checkpoint}",
+            f"format:         {ckpt['format_version']} (nmt {meta.get('toolkit_version', '?')})",
+            f"model:          {ckpt['kind']}, {params:,} parameters",
+            f"vocabulary:     {len(Vocab(ckpt['spm_model'].numpy().tobytes()))} SentencePiece pieces",
+            f"step:           {meta.get('step')} (epoch {meta.get('epoch')})",
+            f"valid BLEU:     {meta.get('valid_bleu')} (best {meta.get('best_valid_bleu')})",
+            f"training state: {'yes (resumable)' if 'training' in ckpt else 'no'}",
+            "model config:   " + json.dumps(ckpt["model_config"]),
+        ]
+        typer.echo("\n".join(lines))

@@ -1,0 +1,60 @@
+"""``nmt``: neural machine translation from raw parallel text to BLEU, in four commands.
+
+    nmt prepare  --corpus multi30k --src-lang de --tgt-lang en -o prepared/de-en
+    nmt train    -c configs/transformer.toml -o runs/de-en
+    nmt translate -m runs/de-en/best.pt < input.de > output.en
+    nmt evaluate --hyp output.en --ref reference.en
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nmt import __version__
+from nmt_cli import common
+from nmt_cli.evaluate import evaluate
+from nmt_cli.info import info
+from nmt_cli.prepare import prepare
+from nmt_cli.quickstart import quickstart
+from nmt_cli.train import train
+from nmt_cli.translate import translate
+
+app = typer.Typer(
+    name="nmt",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nmt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Neural machine translation: prepare, train, translate, evaluate."""
+    common.VERBOSE["on"] = verbose
+
+
+for command in (prepare, train, translate, evaluate, info, quickstart):
+    app.command(no_args_is_help=command.__name__ not in ("translate", "quickstart"))(command)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

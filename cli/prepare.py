@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nmt_cli.common import err, guard
+
+FileIn = Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True)]
+
+
+def prepare(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the vocabulary and id caches.")],
+    corpus: Annotated[Optional[str], typer.Option(help="A named corpus from data/, e.g. multi30k (uses $NMT_DATA_HOME).")] = None,
+    src_lang: Annotated[Optional[str], typer.Option(help="Source language code (with --corpus), e.g. de.")] = None,
+    tgt_lang: Annotated[Optional[str], typer.Option(help="Target language code (with --corpus), e.g. en.")] = None,
+    train_src: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True, help="Training source file.")] = None,
+    train_tgt: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True, help="Training target file.")] = None,
+    valid_src: FileIn = None,
+    valid_tgt: FileIn = None,
+    test_src: FileIn = None,
+    test_tgt: FileIn = None,
+    vocab_size: Annotated[int, typer.Option(min=16, help="Joint SentencePiece vocabulary size.")] = 8000,
+    model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram or bpe.")] = "unigram",
+    max_words: Annotated[int, typer.Option(min=1, help="Drop training pairs with more words on a side.")] = 100,
+    max_ratio: Annotated[float, typer.Option(min=1.0, help="Drop training pairs whose length ratio exceeds this.")] = 9.0,
+) -> None:
+    """Clean parallel text and train one joint SentencePiece model; cache the encoded ids.
+
+    Either name a corpus (resolved from $NMT_DATA_HOME, else downloaded):
+
+        nmt prepare --corpus multi30k --src-lang de --tgt-lang en -o prepared/de-en
+
+    or give files (valid/test are optional):
+
+        nmt prepare --train-src train.de --train-tgt train.en --valid-src val.de --valid-tgt val.en -o prepared/de-en
+    """
+    from nmt.corpora import corpus_file
+    from nmt.errors import NmtError
+    from nmt.prepare import PrepareOptions, prepare as run
+
+    with guard():
+        langs = (src_lang or "src", tgt_lang or "tgt")
+        if corpus:
+            if not (src_lang and tgt_lang):
+                raise NmtError("--corpus needs --src-lang and --tgt-lang")
+            pair = lambda split: (corpus_file(corpus, split, src_lang), corpus_file(corpus, split, tgt_lang))
+            train, valid, test = pair("train"), pair("valid"), pair("test")
+        else:
+            if not (train_src and train_tgt):
+                raise NmtError("give --corpus NAME or both --train-src and --train-tgt")
+            train = (train_src, train_tgt)
+            valid = (valid_src, valid_tgt) if valid_src and valid_tgt else None
+            test = (test_src, test_tgt) if test_src and test_tgt else None
+        options = PrepareOptions(vocab_size=vocab_size, model_type=model_type, max_words=max_words, max_ratio=max_ratio)
+        run(out, train, valid, test, langs, options, log=err)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nmt_cli.common import guard
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False, readable=True,
+                                                   help="A TOML config (see configs/).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Prepared data folder (overrides data.dir).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key: section.key=value (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt (model, optimizer, schedule, RNG, data position).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (overrides train.device).")] = None,
+) -> None:
+    """Train a model on a prepared folder; writes best.pt (by valid BLEU) and last.pt.
+
+        nmt train -c configs/transformer.toml -d prepared/de-en -o runs/de-en
+        nmt train -c configs/transformer.toml -o runs/de-en --set train.max_minutes=20 --set model.dropout=0.3
+        nmt train -c configs/transformer.toml -o runs/de-en --resume
+
+    On several GPUs (or CPU processes): torchrun --nproc_per_node 4 -m nmt_cli.main train ...
+    """
+    from nmt.config import load_config
+    from nmt.train import train as run
+
+    with guard():
+        overrides = list(set_ or [])
+        if data is not None:
+            overrides.append(f"data.dir={str(data)!r}".replace("'", '"'))
+        if device is not None:
+            overrides.append(f'train.device="{device}"')
+        run(load_config(config, overrides), out, resume=resume)

@@ -1,0 +1,135 @@
+"""Attention: one pure function that masks, normalises and mixes, plus the score functions.
+
+Every attention in the toolkit follows the same three steps (Bahdanau et al. 2015, Luong et al. 2015):
+
+    e_ts  = score(q_t, k_s)                      # how well query t matches key s
+    a_ts  = softmax_s(e_ts)  over unmasked s     # the attention weights, each row sums to 1
+    c_t   = sum_s a_ts v_s                       # the context: a weighted sum of the values
+
+Keys and values may differ (``K != V``, ``D_k != D_v`` allowed). The score functions below differ
+only in ``score``; :func:`attend` does the rest. Keys are projected once per source sentence by
+``prepare_keys`` and the result is kept by the caller (in the decoder state), never on the module.
+
+Mask convention everywhere in this package: a boolean tensor, ``True`` = a real position that
+may be attended, ``False`` = padding (or the future, for causal masks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def attend(scores: Tensor, values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Masked softmax over the last axis of ``scores``, then the weighted sum of ``values``.
+
+    Args:
+        scores: ``(..., T, S)`` unnormalised scores, T queries against S keys.
+        values: ``(..., S, Dv)`` one value vector per key.
+        mask: boolean, broadcastable to ``scores``; ``True`` = may attend. A ``(B, S)`` key mask
+            is broadcast over the query axis (and any head axis) automatically.
+
+    Returns:
+        context ``(..., T, Dv)`` and weights ``(..., T, S)``. Masked positions get exactly 0;
+        a row whose keys are all masked (an empty source) gets all-zero weights, never NaN.
+    """
+    if mask is not None:
+        if mask.dim() == 2 and scores.dim() > 2:  # (B, S) key mask -> (B, 1.., 1, S)
+            mask = mask.view(mask.shape[0], *([1] * (scores.dim() - 2)), mask.shape[1])
+        scores = scores.float().masked_fill(~mask, torch.finfo(torch.float32).min)
+        weights = torch.softmax(scores, dim=-1) * mask  # fully masked rows -> 0, not NaN
+    else:
+        weights = torch.softmax(scores.float(), dim=-1)
+    weights = weights.to(values.dtype)
+    return weights @ values, weights  # (..., T, Dv), (..., T, S)
+
+
+class DotScore(nn.Module):
+    """Dot product (Luong et al. 2015, "dot"): ``score(q, k) = q . k``. Needs ``D_q == D_k``."""
+
+    def __init__(self, query_dim: int, key_dim: int, hidden: int | None = None):
+        super().__init__()
+        if query_dim != key_dim:
+            raise ValueError(
+                f"dot score needs query and key of the same size, got {query_dim} and {key_dim}; "
+                "use 'general' or 'mlp' for different sizes"
+            )
+
+    def prepare_keys(self, keys: Tensor) -> Tensor:
+        """``(B, S, Dk)`` -> ``(B, S, Dk)``: nothing to precompute."""
+        return keys
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        """query ``(B, T, Dq)``, prepared keys ``(B, S, Dk)`` -> scores ``(B, T, S)``."""
+        return query @ keys.transpose(-1, -2)
+
+
+class ScaledDotScore(DotScore):
+    """Scaled dot product (Vaswani et al. 2017): ``score(q, k) = q . k / sqrt(D_k)``.
+
+    If q and k have i.i.d. unit-variance components, q . k has variance D_k; dividing by sqrt(D_k)
+    keeps the softmax out of saturation as the dimension grows.
+    """
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        return query @ keys.transpose(-1, -2) / math.sqrt(keys.shape[-1])
+
+
+class GeneralScore(nn.Module):
+    """Bilinear (Luong et al. 2015, "general"): ``score(q, k) = q^T W k``.
+
+    ``W k`` is computed once per sentence in :meth:`prepare_keys`, so each step costs one dot product.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, hidden: int | None = None):
+        super().__init__()
+        self.W = nn.Linear(key_dim, query_dim, bias=False)
+
+    def prepare_keys(self, keys: Tensor) -> Tensor:
+        """``(B, S, Dk)`` -> ``W k``: ``(B, S, Dq)``."""
+        return self.W(keys)
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        return query @ keys.transpose(-1, -2)  # (B, T, S)
+
+
+class MLPScore(nn.Module):
+    """Additive / MLP (Bahdanau et al. 2015): ``score(q, k) = v^T tanh(W q + U k)``.
+
+    ``U k`` is computed once per sentence in :meth:`prepare_keys`; ``extra`` lets a caller add a
+    further term inside the tanh (e.g. a coverage feature) without changing this class.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or query_dim
+        self.W = nn.Linear(query_dim, hidden, bias=False)
+        self.U = nn.Linear(key_dim, hidden, bias=True)
+        self.v = nn.Linear(hidden, 1, bias=False)
+
+    def prepare_keys(self, keys: Tensor) -> Tensor:
+        """``(B, S, Dk)`` -> ``U k``: ``(B, S, hidden)``."""
+        return self.U(keys)
+
+    def forward(self, query: Tensor, keys: Tensor, extra: Tensor | None = None) -> Tensor:
+        h = self.W(query).unsqueeze(2) + keys.unsqueeze(1)  # (B, T, S, hidden)
+        if extra is not None:
+            h = h + extra
+        return self.v(torch.tanh(h)).squeeze(-1)  # (B, T, S)
+
+
+SCORES: dict[str, type[nn.Module]] = {
+    "dot": DotScore,
+    "general": GeneralScore,
+    "mlp": MLPScore,
+    "scaled_dot": ScaledDotScore,
+}
+
+
+def make_score(name: str, query_dim: int, key_dim: int, hidden: int | None = None) -> nn.Module:
+    """Build a score function by name; an unknown name fails with the valid ones."""
+    if name not in SCORES:
+        raise ValueError(f"unknown attention score {name!r}; valid: {', '.join(SCORES)}")
+    return SCORES[name](query_dim, key_dim, hidden)

@@ -1,0 +1,113 @@
+"""Batches from the prepared id caches: token-based, bucketed by length, reproducible order.
+
+A batch holds at most ``batch_tokens`` tokens, counted as ``sentences x longest side`` (padding
+included), so every batch costs about the same. The order of an epoch is a pure function of
+``(seed, epoch)``: resuming at batch ``i`` of epoch ``e`` replays exactly the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from nmt.errors import NmtError
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
+
+MAX_TOKENS = 256  # longer training sequences are truncated to this many pieces
+
+
+@dataclass
+class Batch:
+    """src ``(B, S)`` with EOS, tgt_in ``(B, T)`` = BOS + y, tgt_out ``(B, T)`` = y + EOS; PAD-padded."""
+
+    src: Tensor
+    tgt_in: Tensor
+    tgt_out: Tensor
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.tgt_out != PAD_ID).sum())
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.src, self.tgt_in, self.tgt_out)))
+
+
+class ParallelIds:
+    """The encoded pairs of one split, kept as flat id tensors + offsets."""
+
+    def __init__(self, packed: dict):
+        self.src, self.tgt = packed["src"], packed["tgt"]
+        self.src_len = (self.src["offsets"][1:] - self.src["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
+        self.tgt_len = (self.tgt["offsets"][1:] - self.tgt["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
+
+    @classmethod
+    def load(cls, path: Path) -> "ParallelIds":
+        if not Path(path).exists():
+            raise NmtError(f"{path}: not found; run `nmt prepare` first (or fix data.dir)")
+        return cls(torch.load(path, weights_only=True))
+
+    def __len__(self) -> int:
+        return len(self.src_len)
+
+    def _seq(self, side: dict, i: int) -> Tensor:
+        a, b = int(side["offsets"][i]), int(side["offsets"][i + 1])
+        return side["ids"][a : min(b, a + MAX_TOKENS - 1)].long()
+
+    def collate(self, indices: list[int]) -> Batch:
+        n = len(indices)
+        s_len = int(self.src_len[indices].max())
+        t_len = int(self.tgt_len[indices].max())
+        src = torch.full((n, s_len), PAD_ID, dtype=torch.long)
+        tin = torch.full((n, t_len), PAD_ID, dtype=torch.long)
+        tout = torch.full((n, t_len), PAD_ID, dtype=torch.long)
+        for row, i in enumerate(indices):
+            s, t = self._seq(self.src, i), self._seq(self.tgt, i)
+            src[row, : len(s)] = s
+            src[row, len(s)] = EOS_ID
+            tin[row, 0] = BOS_ID
+            tin[row, 1 : len(t) + 1] = t
+            tout[row, : len(t)] = t
+            tout[row, len(t)] = EOS_ID
+        return Batch(src, tin, tout)
+
+
+def make_batches(
+    src_len: Tensor, tgt_len: Tensor, batch_tokens: int, seed: int, shuffle: bool = True, pool: int = 100
+) -> list[list[int]]:
+    """Group sentence indices into batches of at most ``batch_tokens`` padded tokens.
+
+    Shuffle (when asked), then sort pools of about ``pool`` batches by length so that each batch
+    has little padding, cut greedily, and shuffle the batch order. Deterministic in ``seed``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = len(src_len)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    longest = torch.maximum(src_len, tgt_len)
+    pool_size = max(1, pool * batch_tokens // max(1, int(longest.float().mean())))
+    batches: list[list[int]] = []
+    for start in range(0, n, pool_size):
+        chunk = order[start : start + pool_size]
+        chunk = chunk[torch.argsort(longest[chunk] * 4096 + src_len[chunk], stable=True)].tolist()
+        current, width = [], 0
+        for i in chunk:
+            w = max(width, int(longest[i]))
+            if current and w * (len(current) + 1) > batch_tokens:
+                batches.append(current)
+                current, w = [], int(longest[i])
+            current.append(i)
+            width = w
+        if current:
+            batches.append(current)
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def epoch_batches(data: ParallelIds, batch_tokens: int, seed: int, epoch: int, rank: int = 0, world: int = 1):
+    """The batches of one epoch for one rank (rank r takes every world-th batch, truncated evenly)."""
+    batches = make_batches(data.src_len, data.tgt_len, batch_tokens, seed * 100003 + epoch)
+    usable = len(batches) - len(batches) % world
+    return batches[rank:usable:world]

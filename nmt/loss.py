@@ -1,0 +1,61 @@
+"""Losses as small pure functions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nmt.vocab import PAD_ID
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """Label-smoothed cross-entropy over rows of logits, forward and backward each in a few passes.
+
+    With ``lse = logsumexp(x)`` and V classes, per row::
+
+        nll  = lse - x_y
+        loss = (1 - eps) * nll + eps * (lse - mean_v x_v)
+        d loss / d x = softmax(x) - (1 - eps) * onehot(y) - eps / V
+
+    Autograd through log_softmax + gather + mean would materialise several (N, V) tensors in the
+    backward pass; this writes one.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, keep: Tensor, eps: float):
+        x = logits.float()
+        lse = torch.logsumexp(x, dim=-1)  # (N,)
+        nll = lse - x.gather(1, target[:, None]).squeeze(1)
+        loss = (1 - eps) * nll + eps * (lse - x.mean(-1)) if eps else nll
+        ctx.save_for_backward(logits, target, lse, keep)
+        ctx.eps = eps
+        return (loss * keep).sum(), (nll * keep).sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):
+        logits, target, lse, keep = ctx.saved_tensors
+        eps = ctx.eps
+        grad = logits.float() - lse[:, None]
+        grad.exp_()  # softmax
+        if eps:
+            grad.sub_(eps / logits.shape[-1])
+        grad.scatter_add_(1, target[:, None], torch.full_like(lse[:, None], -(1 - eps)))
+        grad.mul_((grad_loss * keep)[:, None])  # padding rows get no gradient
+        return grad.to(logits.dtype), None, None, None
+
+
+def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """Cross-entropy with label smoothing (Szegedy et al. 2016), summed over non-pad tokens.
+
+    logits ``(B, T, V)``, target ``(B, T)`` (PAD ignored). The smoothed target puts ``1 - eps`` on
+    the gold token and spreads ``eps`` uniformly over the V entries (as ``F.cross_entropy``):
+
+        loss = (1 - eps) * (-log p(y)) + eps * mean_v(-log p(v))
+
+    Returns ``(loss_sum, nll_sum)``: the training objective and the plain NLL (for perplexity;
+    no gradient flows through it).
+    """
+    v = logits.shape[-1]
+    keep = (target != PAD_ID).reshape(-1).float()  # (B*T,) 1 = real token
+    loss, nll = _SmoothedCrossEntropy.apply(logits.reshape(-1, v), target.reshape(-1), keep, float(smoothing))
+    return loss, nll.detach()

@@ -1,0 +1,60 @@
+"""The model contract and the model registry.
+
+Every model implements the same four methods, so one search and one training loop serve all:
+
+``encode(src) -> enc``
+    src ``(B, S)`` token ids (``PAD_ID`` padded). Returns a dict of batch-first tensors with at least
+    ``"memory"`` ``(B, S, D)`` and ``"src_mask"`` ``(B, S)`` bool (True = real token).
+``init_state(enc) -> state``
+    The decoder state before the first target token: a dict of tensors, each with the batch on
+    dimension 0. Because it is batch-first, :func:`reorder` serves beam search for every model.
+``step(tokens, state, need_attention=False) -> (log_probs, state, attention)``
+    One target token per sentence, tokens ``(B,)``. Returns log-probabilities ``(B, V)``, the new
+    state (the old one is left untouched), and, when asked, the encoder-decoder attention of this
+    step ``(B, L, H, S)`` (layers x heads x source positions; an LSTM has L = 1).
+``forward(src, tgt_in, need_attention=False) -> (logits, attention)``
+    Teacher forcing over a whole target: tgt_in ``(B, T)`` starts with BOS. Returns logits
+    ``(B, T, V)`` and, when asked, attention ``(B, L, H, T, S)``. Feeding ``tgt_in`` through
+    ``step`` one token at a time gives the same log-probabilities.
+
+The registry below is the only place that knows the model classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor, nn
+
+from nmt.models.transformer import Transformer, TransformerConfig
+
+MODELS: dict[str, tuple[type, type[nn.Module]]] = {
+    "transformer": (TransformerConfig, Transformer),
+}
+
+
+def model_config_class(kind: str) -> type:
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(MODELS)}")
+    return MODELS[kind][0]
+
+
+def build_model(kind: str, config) -> nn.Module:
+    """Build a model of ``kind`` from its config dataclass (or a plain dict of its fields)."""
+    config_cls, model_cls = MODELS[kind] if kind in MODELS else (model_config_class(kind), None)
+    if isinstance(config, dict):
+        config = config_cls(**config)
+    return model_cls(config)
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    return dataclasses.asdict(model.config)
+
+
+def reorder(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    """Select/reorder the batch rows of a decoder state: ``state[k][index]`` for every tensor.
+
+    index ``(B',)`` long. Used by beam search to follow back-pointers and to drop finished
+    sentences; it works for every model because every state tensor is batch-first.
+    """
+    return {k: v.index_select(0, index) for k, v in state.items()}

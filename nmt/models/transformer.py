@@ -1,0 +1,286 @@
+"""The Transformer (Vaswani et al. 2017), written against the model contract in ``nmt.models``.
+
+Three attentions, as in the lecture: encoder self-attention (q, k, v from the encoder), masked decoder
+self-attention (q, k, v from the decoder; the causal mask hides the answer), and encoder-decoder
+attention (q from the decoder, k and v from the encoder). Each sublayer is wrapped in a residual
+connection and LayerNorm, either post-norm ``LN(x + f(x))`` (the original) or pre-norm
+``x + f(LN(x))`` (more stable on small data; Nguyen & Salazar 2019).
+
+Incremental decoding keeps, per layer, the self-attention keys/values of all previous target
+positions and the encoder-decoder keys/values (computed once) in the batch-first state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.attention import attend
+from nmt.models.dropout import Dropout
+from nmt.vocab import PAD_ID
+
+
+@dataclass
+class TransformerConfig:
+    """Shape of a Transformer. The defaults are the 3+3-layer, d_model 256 model for Multi30k."""
+
+    encoder_layers: int = 3  # number of encoder layers
+    decoder_layers: int = 3  # number of decoder layers
+    d_model: int = 256  # width of every residual stream
+    heads: int = 4  # attention heads per attention (d_model must be divisible by heads)
+    ff_size: int = 1024  # hidden size of the position-wise feed-forward block
+    dropout: float = 0.1  # dropout on sublayer outputs and embeddings
+    activation_dropout: float = 0.0  # dropout inside the feed-forward block, after the ReLU
+    attention_dropout: float = 0.0  # dropout on attention weights (training only)
+    pre_norm: bool = True  # True: x + f(LN(x)) (stable); False: LN(x + f(x)) (original)
+    scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) before adding positions
+    tie_embeddings: bool = True  # one matrix for source, target and output (joint vocabulary)
+    vocab_size: int = 8000  # filled in from the SentencePiece model at training time
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...). Returns ``(length, dim)``."""
+    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """``(B, T, D)`` -> ``(B, H, T, D/H)``."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, T, Dh)`` -> ``(B, T, H*Dh)``."""
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention with H heads: ``softmax(Q K^T / sqrt(d_h)) V`` per head.
+
+    The module holds only parameters; keys and values are projected by :meth:`project_kv` and
+    kept by the caller (the decoder state caches them). Uses torch's fused
+    ``scaled_dot_product_attention`` unless the weights are asked for, in which case the same
+    math runs through :func:`nmt.attention.attend` and the per-head weights come back.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+        self.heads, self.dropout = heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, S, D)`` -> keys, values, each ``(B, H, S, D/H)``."""
+        k, v = self.kv_proj(x).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def forward(
+        self,
+        x: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from queries ``x (B, T, D)`` to cached keys/values ``(B, H, S, Dh)``.
+
+        ``mask``: bool ``(B, S)`` key mask, True = real. ``causal``: query t sees keys <= t
+        (training-time decoder self-attention; needs T == S). Returns ``(B, T, D)`` and, if
+        ``need_weights``, the weights ``(B, H, T, S)``.
+        """
+        q = split_heads(self.q_proj(x), self.heads)  # (B, H, T, Dh)
+        p = self.dropout if self.training else 0.0
+        if mask is not None:
+            mask = mask[:, None, None, :]  # (B, 1, 1, S)
+        if causal:
+            t, s = q.shape[2], k.shape[2]
+            future = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
+            mask = future if mask is None else mask & future
+        if not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            return self.out_proj(merge_heads(out)), None
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        out, weights = attend(scores, v, mask)
+        if p:
+            out = F.dropout(weights, p) @ v
+        return self.out_proj(merge_heads(out)), weights
+
+
+class FeedForward(nn.Sequential):
+    """``FFN(x) = W2 dropout(relu(W1 x + b1)) + b2`` (the inner dropout is ``activation_dropout``)."""
+
+    def __init__(self, d_model: int, ff_size: int, dropout: float):
+        super().__init__(nn.Linear(d_model, ff_size), nn.ReLU(), Dropout(dropout), nn.Linear(ff_size, d_model))
+
+
+class Sublayer(nn.Module):
+    """Residual + LayerNorm around a sublayer, pre- or post-norm."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm, self.drop, self.pre_norm = nn.LayerNorm(d_model), Dropout(dropout), pre_norm
+
+    def inp(self, x: Tensor) -> Tensor:
+        """What the sublayer reads: ``LN(x)`` in pre-norm, ``x`` in post-norm."""
+        return self.norm(x) if self.pre_norm else x
+
+    def out(self, x: Tensor, y: Tensor) -> Tensor:
+        """Combine the residual ``x`` with the sublayer output ``y``."""
+        return x + self.drop(y) if self.pre_norm else self.norm(x + self.drop(y))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+        self.ff = FeedForward(c.d_model, c.ff_size, c.activation_dropout)
+        self.s1, self.s2 = (Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(2))
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x ``(B, S, D)``, mask ``(B, S)`` -> ``(B, S, D)``, self-attention ``(B, H, S, S)``."""
+        h = self.s1.inp(x)
+        y, w = self.attn(h, *self.attn.project_kv(h), mask=mask, need_weights=need_weights)
+        x = self.s1.out(x, y)
+        return self.s2.out(x, self.ff(self.s2.inp(x))), w
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+        self.ff = FeedForward(c.d_model, c.ff_size, c.activation_dropout)
+        self.s1, self.s2, self.s3 = (Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(3))
+
+    def forward(
+        self,
+        x: Tensor,
+        cross_kv: tuple[Tensor, Tensor],
+        src_mask: Tensor,
+        cache: tuple[Tensor, Tensor] | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        """x ``(B, T, D)`` -> ``(B, T, D)``, cross-attention ``(B, H, T, S)``, self keys/values.
+
+        Without ``cache`` (training) x attends to itself under the causal mask. With ``cache``
+        (incremental decoding, T = 1) the new position's keys/values are appended to the cached
+        ones ``(B, H, t, Dh)`` and the grown cache is returned.
+        """
+        h = self.s1.inp(x)
+        k, v = self.self_attn.project_kv(h)  # (B, H, T, Dh)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        y, _ = self.self_attn(h, k, v, causal=cache is None)
+        x = self.s1.out(x, y)
+        y, w = self.cross_attn(self.s2.inp(x), *cross_kv, mask=src_mask, need_weights=need_weights)
+        x = self.s2.out(x, y)
+        return self.s3.out(x, self.ff(self.s3.inp(x))), w, (k, v)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer implementing ``encode / init_state / step / forward``."""
+
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.config = c
+        d = c.d_model
+        self.embed = nn.Embedding(c.vocab_size, d, padding_idx=PAD_ID)
+        nn.init.normal_(self.embed.weight, 0.0, d**-0.5)
+        with torch.no_grad():
+            self.embed.weight[PAD_ID].zero_()
+        self.tgt_embed = self.embed if c.tie_embeddings else nn.Embedding(c.vocab_size, d, padding_idx=PAD_ID)
+        self.output = None if c.tie_embeddings else nn.Linear(d, c.vocab_size, bias=False)
+        self.emb_scale = math.sqrt(d) if c.scale_embeddings else 1.0
+        self.drop = Dropout(c.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
+        self.enc_norm = nn.LayerNorm(d) if c.pre_norm else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d) if c.pre_norm else nn.Identity()
+        self.register_buffer("pe", sinusoidal_positions(1024, d), persistent=False)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _positions(self, start: int, length: int) -> Tensor:
+        if start + length > self.pe.shape[0]:
+            self.pe = sinusoidal_positions(2 * (start + length), self.config.d_model).to(self.pe.device)
+        return self.pe[start : start + length]  # (T, D)
+
+    def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
+        x = emb(tokens) * self.emb_scale + self._positions(start, tokens.shape[1])
+        return self.drop(x)  # (B, T, D)
+
+    def _logits(self, h: Tensor) -> Tensor:
+        return F.linear(h, self.embed.weight) if self.output is None else self.output(h)
+
+    # -- the contract ----------------------------------------------------------------------------
+    def encode(self, src: Tensor, need_attention: bool = False) -> dict[str, Tensor]:
+        """src ``(B, S)`` ids -> ``{"memory": (B, S, D), "src_mask": (B, S)}`` (+ ``"self_attn"``
+        ``(B, L, H, S, S)`` when ``need_attention``)."""
+        mask = src != PAD_ID  # (B, S)
+        x = self._embed(self.embed, src)
+        weights = []
+        for layer in self.encoder:
+            x, w = layer(x, mask, need_weights=need_attention)
+            weights.append(w)
+        enc = {"memory": self.enc_norm(x), "src_mask": mask}
+        if need_attention:
+            enc["self_attn"] = torch.stack(weights, dim=1)
+        return enc
+
+    def init_state(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Batch-first decoder state: the source mask, per layer the cross-attention keys/values
+        ``(B, H, S, Dh)`` and an empty self-attention cache ``(B, H, 0, Dh)``, and the step ``(B,)``."""
+        memory = enc["memory"]
+        b, h = memory.shape[0], self.config.heads
+        state = {"src_mask": enc["src_mask"], "step": memory.new_zeros(b, dtype=torch.long)}
+        empty = memory.new_zeros(b, h, 0, self.config.d_model // h)
+        for i, layer in enumerate(self.decoder):
+            state[f"cross_k{i}"], state[f"cross_v{i}"] = layer.cross_attn.project_kv(memory)
+            state[f"self_k{i}"], state[f"self_v{i}"] = empty, empty
+        return state
+
+    def step(
+        self, tokens: Tensor, state: dict[str, Tensor], need_attention: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """One target token per sentence: tokens ``(B,)`` -> log-probs ``(B, V)``, the new state,
+        and (if asked) cross-attention ``(B, L, H, S)`` over layers and heads."""
+        t = int(state["step"][0]) if state["step"].numel() else 0
+        x = self._embed(self.tgt_embed, tokens[:, None], start=t)  # (B, 1, D)
+        new, weights = dict(state), []
+        for i, layer in enumerate(self.decoder):
+            cross = (state[f"cross_k{i}"], state[f"cross_v{i}"])
+            cache = (state[f"self_k{i}"], state[f"self_v{i}"])
+            x, w, (new[f"self_k{i}"], new[f"self_v{i}"]) = layer(x, cross, state["src_mask"], cache, need_attention)
+            weights.append(w)
+        new["step"] = state["step"] + 1
+        logp = torch.log_softmax(self._logits(self.dec_norm(x[:, 0])).float(), dim=-1)  # (B, V)
+        attn = torch.stack(weights, dim=1)[:, :, :, 0] if need_attention else None  # (B, L, H, S)
+        return logp, new, attn
+
+    def forward(
+        self, src: Tensor, tgt_in: Tensor, need_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing: src ``(B, S)``, tgt_in ``(B, T)`` (BOS + target) -> logits ``(B, T, V)``
+        and, if asked, cross-attention ``(B, L, H, T, S)``."""
+        enc = self.encode(src)
+        x = self._embed(self.tgt_embed, tgt_in)
+        weights = []
+        for layer in self.decoder:
+            cross = layer.cross_attn.project_kv(enc["memory"])
+            x, w, _ = layer(x, cross, enc["src_mask"], need_weights=need_attention)
+            weights.append(w)
+        logits = self._logits(self.dec_norm(x))
+        return logits, (torch.stack(weights, dim=1) if need_attention else None)

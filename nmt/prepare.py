@@ -1,0 +1,137 @@
+"""``nmt prepare``: clean parallel text, train one joint SentencePiece model, cache the ids.
+
+Output folder::
+
+    spm.model                 the joint SentencePiece model (also copied into every checkpoint)
+    prepare.json              languages, options, counts kept/dropped per reason, vocab size
+    train.ids.pt              encoded training pairs (compact: flat int16/int32 + offsets)
+    valid.ids.pt, valid.src, valid.ref     (when given) ids + cleaned text for BLEU
+    test.ids.pt,  test.src,  test.ref      (when given)
+
+Only the training pairs are filtered (length and ratio); valid/test lines are whitespace-normalised
+but never dropped, so references stay aligned with their sources.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nmt.errors import NmtError
+from nmt.vocab import Vocab, train_sentencepiece
+
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass
+class PrepareOptions:
+    vocab_size: int = 8000  # joint SentencePiece vocabulary size
+    model_type: str = "unigram"  # unigram | bpe
+    max_words: int = 100  # drop training pairs with more words than this on either side
+    max_ratio: float = 9.0  # drop training pairs whose word-count ratio exceeds this (Moses' default)
+    character_coverage: float = 1.0
+
+
+def normalise(line: str) -> str:
+    """Strip, and collapse every run of whitespace (TABs included) into one space."""
+    return _SPACE.sub(" ", line).strip()
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file (BOM and CRLF tolerated, invalid bytes replaced)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise NmtError(f"{path}: file not found") from None
+    except OSError as e:
+        raise NmtError(f"{path}: cannot read ({e.strerror})") from None
+    text = data.decode("utf-8", errors="replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+
+def read_parallel(src: Path, tgt: Path) -> tuple[list[str], list[str]]:
+    """Read two files that must have the same number of lines; normalise every line."""
+    a, b = read_lines(src), read_lines(tgt)
+    if len(a) != len(b):
+        raise NmtError(f"{src} has {len(a)} lines but {tgt} has {len(b)}; parallel files must match line by line")
+    return [normalise(x) for x in a], [normalise(x) for x in b]
+
+
+def clean_pairs(src: list[str], tgt: list[str], max_words: int, max_ratio: float) -> tuple[list[int], Counter]:
+    """Indices of the pairs to keep and a count of dropped pairs per reason."""
+    keep, dropped = [], Counter()
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        ns, nt = len(s.split()), len(t.split())
+        if ns == 0 or nt == 0:
+            dropped["empty"] += 1
+        elif ns > max_words or nt > max_words:
+            dropped["too_long"] += 1
+        elif max(ns, nt) / min(ns, nt) > max_ratio:
+            dropped["ratio"] += 1
+        else:
+            keep.append(i)
+    return keep, dropped
+
+
+def pack(seqs: list[list[int]], vocab_size: int) -> dict[str, torch.Tensor]:
+    """Id lists -> ``{"ids": flat (N,), "offsets": (n+1,)}``; int16 when the vocabulary allows."""
+    dtype = torch.int16 if vocab_size <= 32767 else torch.int32
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    offsets = torch.zeros(len(seqs) + 1, dtype=torch.long)
+    offsets[1:] = lengths.cumsum(0)
+    flat = torch.tensor([i for s in seqs for i in s], dtype=dtype)
+    return {"ids": flat, "offsets": offsets}
+
+
+def encode_split(vocab: Vocab, src: list[str], tgt: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    return {"src": pack(vocab.encode(src), len(vocab)), "tgt": pack(vocab.encode(tgt), len(vocab))}
+
+
+def prepare(
+    out_dir: Path,
+    train: tuple[Path, Path],
+    valid: tuple[Path, Path] | None = None,
+    test: tuple[Path, Path] | None = None,
+    langs: tuple[str, str] = ("src", "tgt"),
+    options: PrepareOptions = PrepareOptions(),
+    log=print,
+) -> dict:
+    """Run the whole preparation; returns the summary also written to ``prepare.json``."""
+    if options.model_type not in ("unigram", "bpe"):
+        raise NmtError(f"unknown SentencePiece model type {options.model_type!r}; valid: unigram, bpe")
+    src, tgt = read_parallel(*train)
+    keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio)
+    if not keep:
+        raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
+    src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+    log(f"train: read {len(keep) + sum(dropped.values())} pairs, kept {len(keep)}, dropped "
+        + (", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"))
+    try:
+        model_bytes = train_sentencepiece(src + tgt, options.vocab_size, options.model_type, options.character_coverage)
+    except ValueError as e:
+        raise NmtError(f"{train[0]}: {e}; lower --vocab-size") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spm.model").write_bytes(model_bytes)
+    vocab = Vocab(model_bytes)
+    torch.save(encode_split(vocab, src, tgt), out_dir / "train.ids.pt")
+    summary = {"langs": list(langs), "options": asdict(options), "vocab_size": len(vocab),
+               "train": {"kept": len(keep), "dropped": dict(dropped)}}
+    for name, pair in (("valid", valid), ("test", test)):
+        if pair is None:
+            continue
+        s, t = read_parallel(*pair)
+        (out_dir / f"{name}.src").write_text("".join(x + "\n" for x in s), encoding="utf-8")
+        (out_dir / f"{name}.ref").write_text("".join(x + "\n" for x in t), encoding="utf-8")
+        torch.save(encode_split(vocab, s, t), out_dir / f"{name}.ids.pt")
+        summary[name] = {"lines": len(s)}
+        log(f"{name}: {len(s)} pairs (not filtered)")
+    (out_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"vocabulary: {len(vocab)} pieces ({options.model_type}) -> {out_dir / 'spm.model'}")
+    return summary

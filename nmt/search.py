@@ -1,0 +1,136 @@
+"""One search for every model: greedy and batched beam search over the model contract.
+
+Both functions see a model only through ``encode / init_state / step`` and :func:`reorder`
+(see :mod:`nmt.models`), so a new model needs no change here. Beam search is batched over
+sentences and beams, keeps finished hypotheses in place (a finished beam can only be extended by
+EOS at no cost), follows back-pointers with tensor gathers, and drops a sentence from the batch
+as soon as its best ``n_best`` hypotheses are finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nmt.models import reorder
+from nmt.vocab import BOS_ID, EOS_ID
+
+
+@dataclass
+class Hypothesis:
+    """One output: ids without BOS/EOS, its score, and the attention ``(T+1, L, H, S)`` (EOS row
+    included, source padding removed) when it was asked for."""
+
+    tokens: list[int]
+    score: float
+    attention: Tensor | None = None
+
+
+def length_penalty(length: Tensor, alpha: float) -> Tensor:
+    """GNMT length penalty (Wu et al. 2016): ``lp(Y) = ((5 + |Y|) / 6) ** alpha``.
+
+    A hypothesis is ranked by ``log P(Y|X) / lp(Y)``; alpha = 0 ranks by raw log-probability.
+    """
+    return ((5.0 + length.float()) / 6.0) ** alpha
+
+
+def max_lengths(src_mask: Tensor, a: float, b: int) -> Tensor:
+    """The longest output allowed per sentence: ``a * |source| + b`` tokens (EOS included). ``(B,)``."""
+    return (src_mask.sum(1).float() * a + b).long().clamp(min=1)
+
+
+@torch.inference_mode()
+def greedy_search(
+    model, src: Tensor, max_len_a: float = 1.5, max_len_b: int = 10, need_attention: bool = False
+) -> list[list[Hypothesis]]:
+    """Pick the most probable token at every step. src ``(B, S)``; one hypothesis per sentence."""
+    return beam_search(model, src, beam=1, max_len_a=max_len_a, max_len_b=max_len_b, alpha=0.0,
+                       need_attention=need_attention)
+
+
+@torch.inference_mode()
+def beam_search(
+    model,
+    src: Tensor,
+    beam: int = 5,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    alpha: float = 0.6,
+    n_best: int = 1,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Batched beam search. src ``(B, S)`` -> for each sentence its ``n_best`` hypotheses, best first.
+
+    Scores are ``log P / length_penalty(len, alpha)``, with the length counting EOS. With
+    ``beam = 1`` this is exactly greedy search.
+    """
+    n_best = min(n_best, beam)
+    enc = model.encode(src)
+    limit = max_lengths(enc["src_mask"], max_len_a, max_len_b)  # (B,)
+    src_len = enc["src_mask"].sum(1).tolist()
+    n, k, dev = src.shape[0], beam, src.device
+    state = reorder(model.init_state(enc), torch.arange(n, device=dev).repeat_interleave(k))
+    ids = torch.arange(n, device=dev)  # original sentence index of each live row
+    scores = torch.full((n, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0
+    lengths = torch.zeros(n, k, dtype=torch.long, device=dev)
+    finished = torch.zeros(n, k, dtype=torch.bool, device=dev)
+    tokens = torch.full((n * k,), BOS_ID, dtype=torch.long, device=dev)
+    history = torch.zeros(n, k, 0, dtype=torch.long, device=dev)  # (n, k, t)
+    attn_hist: Tensor | None = None  # (n, k, t, L, H, S)
+    results: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]
+
+    for t in range(int(limit.max())):
+        logp, state, attn = model.step(tokens, state, need_attention)
+        logp = logp.view(n, k, -1)  # (n, k, V)
+        is_eos = torch.arange(logp.shape[-1], device=dev) == EOS_ID  # (V,)
+        at_limit = (t + 1 >= limit[ids])[:, None, None]  # (n, 1, 1): must end now
+        logp = torch.where(at_limit, logp.masked_fill(~is_eos, float("-inf")), logp)
+        # a finished beam is carried on unchanged: EOS at no cost, nothing else
+        logp = torch.where(finished[..., None], torch.where(is_eos, 0.0, float("-inf")), logp)
+        cand = scores[..., None] + logp  # (n, k, V)
+        new_len = lengths + (~finished).long()  # (n, k)
+        ranked = cand / length_penalty(new_len, alpha)[..., None]
+        _, top = ranked.view(n, -1).topk(k, dim=1)  # (n, k), sorted best first
+        parent, tok = top // logp.shape[-1], top % logp.shape[-1]
+        scores = cand.view(n, -1).gather(1, top)
+        lengths = new_len.gather(1, parent)
+        finished = finished.gather(1, parent) | (tok == EOS_ID)
+        history = torch.cat([history.gather(1, parent[..., None].expand(-1, -1, t)), tok[..., None]], dim=2)
+        rows = (torch.arange(n, device=dev)[:, None] * k + parent).view(-1)  # back-pointers, flat
+        if need_attention:
+            a = attn.view(n, k, 1, *attn.shape[1:])[torch.arange(n, device=dev)[:, None], parent]
+            attn_hist = a if attn_hist is None else torch.cat([attn_hist[torch.arange(n, device=dev)[:, None], parent], a], 2)
+        done = finished[:, :n_best].all(1) | (t + 1 >= limit[ids])  # (n,)
+        if done.any():
+            _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len)
+        keep = (~done).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            break
+        if keep.numel() < n:  # drop finished sentences from the batch
+            ids, scores, lengths, finished, history = ids[keep], scores[keep], lengths[keep], finished[keep], history[keep]
+            attn_hist = attn_hist[keep] if attn_hist is not None else None
+            rows = rows.view(n, k)[keep].view(-1)
+            tok = tok[keep]
+            n = keep.numel()
+        state = reorder(state, rows)
+        tokens = tok.view(-1)
+    return results
+
+
+def _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len) -> None:
+    """Move the n-best hypotheses of every finished sentence into ``results`` (one sync per batch)."""
+    norm = scores / length_penalty(lengths, alpha)
+    for row in done.nonzero().squeeze(1).tolist():
+        order = norm[row].argsort(descending=True)[:n_best].tolist()
+        sid = int(ids[row])
+        for j in order:
+            toks = history[row, j, : int(lengths[row, j])].tolist()
+            if toks and toks[-1] == EOS_ID:
+                toks = toks[:-1]
+            att = None
+            if attn_hist is not None:
+                att = attn_hist[row, j, : int(lengths[row, j]), ..., : src_len[sid]].float().cpu()
+            results[sid].append(Hypothesis(toks, float(norm[row, j]), att))

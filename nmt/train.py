@@ -1,0 +1,346 @@
+"""``nmt train``: the training loop.
+
+One loop for every model: token-based batches, Adam, a learning-rate schedule, label smoothing,
+gradient clipping and accumulation, periodic validation (loss, perplexity, BLEU by beam search),
+``best.pt`` / ``last.pt``, early stopping, limits on updates, epochs and minutes, exact resume,
+SIGINT/SIGTERM handling, and torch.distributed DDP when started by ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from nmt.config import RunConfig
+from nmt.data import ParallelIds, epoch_batches
+from nmt.distributed import Dist
+from nmt.errors import NmtError
+from nmt.loss import label_smoothed_nll
+from nmt.models import build_model
+from nmt.schedules import SCHEDULES
+from nmt.vocab import Vocab
+
+
+class Stop:
+    """Turns the first SIGINT/SIGTERM into a request to save and stop; a second one exits at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            if self.requested:
+                print("\nsecond interrupt: exiting without saving", file=sys.stderr)
+                os._exit(130)
+            self.requested = True
+            print("\ninterrupt: saving last.pt after this update (press Ctrl-C again to quit now)", file=sys.stderr)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NmtError("--device cuda: no CUDA device is available here; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise NmtError(f"unknown device {name!r}; valid: cpu, cuda, auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``amp`` (none | bf16 | fp16)."""
+    if amp == "none":
+        return nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise NmtError("train.amp = fp16 needs CUDA; use bf16 on CPU")
+    if amp not in ("bf16", "fp16"):
+        raise NmtError(f"unknown train.amp {amp!r}; valid: none, bf16, fp16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class Trainer:
+    """Holds everything one run needs; :meth:`run` trains until a limit or a stop request."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False, log=None):
+        self.cfg, self.tc, self.out = config, config.train, Path(out_dir)
+        self.dist = Dist.from_env()
+        self.log = log or (lambda m: print(m, file=sys.stderr))
+        self.device = self.dist.device if self.dist.enabled else pick_device(self.tc.device)
+        if self.tc.threads:
+            torch.set_num_threads(self.tc.threads)
+        data_dir = Path(config.data.dir)
+        if not (data_dir / "spm.model").exists():
+            raise NmtError(f"{data_dir}: no spm.model here; run `nmt prepare` first or set data.dir")
+        self.spm_bytes = (data_dir / "spm.model").read_bytes()
+        self.vocab = Vocab(self.spm_bytes)
+        self.train_data = ParallelIds.load(data_dir / "train.ids.pt")
+        if len(self.train_data) == 0:
+            raise NmtError(f"{data_dir}/train.ids.pt: the training corpus is empty")
+        self.valid_data = ParallelIds.load(data_dir / "valid.ids.pt") if (data_dir / "valid.ids.pt").exists() else None
+        self.valid_text = self._valid_text(data_dir)
+        config.model.vocab_size = len(self.vocab)
+        random.seed(self.tc.seed)
+        torch.manual_seed(self.tc.seed)
+        self.model = build_model(config.model_kind, config.model).to(self.device)
+        self.ddp_model = self.dist.wrap(self.model)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, betas=self.tc.adam_betas,
+                                    eps=1e-9, weight_decay=self.tc.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.tc.amp == "fp16" else None
+        self.step, self.epoch, self.position, self.elapsed = 0, 0, 0, 0.0
+        self.best_bleu, self.bad_validations, self.lr_scale, self.plateau_bad = -1.0, 0, 1.0, 0
+        if self.tc.schedule not in SCHEDULES:
+            raise NmtError(f"unknown train.schedule {self.tc.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.tc.nan_policy not in ("stop", "skip"):
+            raise NmtError(f"unknown train.nan_policy {self.tc.nan_policy!r}; valid: stop, skip")
+        self.stop = Stop()
+        if resume:
+            self._resume()
+
+    def _valid_text(self, data_dir: Path):
+        if not (data_dir / "valid.src").exists():
+            return None
+        src = (data_dir / "valid.src").read_text(encoding="utf-8").splitlines()
+        ref = (data_dir / "valid.ref").read_text(encoding="utf-8").splitlines()
+        n = self.tc.valid_max_sentences or len(src)
+        return src[:n], ref[:n]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _training_state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch,
+                "position": self.position, "elapsed": self.elapsed, "best_bleu": self.best_bleu,
+                "bad_validations": self.bad_validations, "lr_scale": self.lr_scale,
+                "plateau_bad": self.plateau_bad, "rng": rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler else {}}
+
+    def save(self, name: str, bleu: float | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        meta = {"step": self.step, "epoch": self.epoch, "valid_bleu": bleu, "best_valid_bleu": self.best_bleu,
+                "train_pairs": len(self.train_data), "config": self.cfg.to_dict()}
+        atomic_save(make_checkpoint(self.model, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
+                    self.out / name)
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        if not path.exists():
+            raise NmtError(f"{path}: nothing to resume; train without --resume first")
+        ckpt = load_checkpoint(path)
+        if ckpt["kind"] != self.cfg.model_kind:
+            raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
+        self.model.load_state_dict(ckpt["weights"])
+        t = ckpt.get("training")
+        if t is None:
+            raise NmtError(f"{path}: has no training state to resume from")
+        self.opt.load_state_dict(t["optimizer"])
+        for key in ("step", "epoch", "position", "elapsed", "best_bleu", "bad_validations", "lr_scale", "plateau_bad"):
+            setattr(self, key, t[key])
+        if self.scaler and t.get("scaler"):
+            self.scaler.load_state_dict(t["scaler"])
+        set_rng_state(t["rng"])
+        self.log(f"resumed from {path} at update {self.step} (epoch {self.epoch + 1}, batch {self.position})")
+
+    # -- one update ----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        fn = SCHEDULES[self.tc.schedule]
+        lr = fn(step, self.tc.lr, self.tc.warmup) * self.lr_scale
+        return max(lr, self.tc.min_lr) if step >= self.tc.warmup else lr
+
+    def update(self, batches: list) -> tuple[float, float, int] | None:
+        """One optimizer update over ``batches`` (accumulated). Returns (loss/token, nll/token,
+        target tokens), or None when the loss was not finite and the batch was skipped."""
+        self.ddp_model.train()
+        tokens = self.dist.sum(sum(b.target_tokens for b in batches))
+        loss_total, nll_total = 0.0, 0.0
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device, non_blocking=True)
+            sync = self.dist.no_sync(self.ddp_model) if i < len(batches) - 1 else nullcontext()
+            with sync:
+                with autocast(self.device, self.tc.amp):
+                    logits, _ = self.ddp_model(batch.src, batch.tgt_in)
+                    loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.tc.label_smoothing)
+                scaled = loss * self.dist.world / tokens  # DDP averages over ranks: sum / all tokens
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_total += float(loss.detach())
+            nll_total += float(nll)
+        if not math.isfinite(loss_total):
+            self.opt.zero_grad(set_to_none=True)
+            if self.tc.nan_policy == "stop":
+                raise NmtError(f"loss became {loss_total} at update {self.step + 1}; lower train.lr or set "
+                               "train.nan_policy = \"skip\" (last.pt holds the last good state)")
+            self.log(f"warning: non-finite loss at update {self.step + 1}; batch skipped")
+            return None
+        self.step += 1
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        if self.tc.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.clip_norm)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss_total / tokens * self.dist.world, nll_total / tokens * self.dist.world, tokens
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        self.stop.install()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"{self.cfg.model_kind}: {n_params:,} parameters, {len(self.train_data):,} training pairs, "
+                 f"device {self.device}, {torch.get_num_threads()} threads, amp {self.tc.amp}")
+        start = time.time() - self.elapsed
+        bar = tqdm(total=self.tc.max_steps or None, initial=self.step, disable=not self.dist.is_main,
+                   file=sys.stderr, dynamic_ncols=True, unit="upd")
+        window_tokens, window_start, reason = 0, time.time(), "limit"
+        metrics = open(self.out / "metrics.jsonl", "a") if self.dist.is_main else None
+        try:
+            while reason == "limit":
+                batches = epoch_batches(self.train_data, self.tc.batch_tokens, self.tc.seed, self.epoch,
+                                        self.dist.rank, self.dist.world)
+                while self.position + self.tc.accumulate <= len(batches):
+                    group = [self.train_data.collate(b) for b in
+                             batches[self.position : self.position + self.tc.accumulate]]
+                    result = self.update(group)
+                    self.position += self.tc.accumulate
+                    self.elapsed = time.time() - start
+                    if result is not None:
+                        loss, nll, tokens = result
+                        window_tokens += tokens
+                        rate = window_tokens / max(time.time() - window_start, 1e-9)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr_at(self.step):.2e}", tok_s=f"{rate:.0f}",
+                                        epoch=self.epoch + 1)
+                        if metrics and self.step % self.tc.log_every == 0:
+                            metrics.write(json.dumps({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
+                                                      "loss": round(loss, 4), "ppl": round(math.exp(min(nll, 50)), 3),
+                                                      "lr": self.lr_at(self.step), "tgt_tok_s": round(rate, 1),
+                                                      "elapsed_s": round(self.elapsed, 1)}) + "\n")
+                            metrics.flush()
+                            window_tokens, window_start = 0, time.time()
+                    reason = self._after_update(metrics)
+                    if reason != "limit":
+                        break
+                else:
+                    self.epoch += 1
+                    self.position = 0
+                    if self.tc.max_epochs and self.epoch >= self.tc.max_epochs:
+                        reason = "max_epochs"
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+        return self._finish(reason)
+
+    def _after_update(self, metrics) -> str:
+        """Validate/save when due; return why to stop, or "limit" to go on."""
+        tc = self.tc
+        stop_now = self.dist.any(self.stop.requested)
+        out_of_time = tc.max_minutes and self.elapsed >= tc.max_minutes * 60
+        out_of_steps = tc.max_steps and self.step >= tc.max_steps
+        if self.step % tc.valid_every == 0 or out_of_time or out_of_steps:
+            if self._validate(metrics):
+                return "early_stopping"
+        elif tc.save_every and self.step % tc.save_every == 0:
+            self.save("last.pt")
+        if stop_now:
+            self.save("last.pt")
+            return "interrupted"
+        if out_of_time:
+            return "max_minutes"
+        if out_of_steps:
+            return "max_steps"
+        return "limit"
+
+    def _validate(self, metrics) -> bool:
+        """Valid loss/ppl/BLEU on rank 0, save best/last; True when early stopping says stop."""
+        from nmt.validate import validate
+
+        stop = False
+        if self.dist.is_main:
+            result = validate(self.model, self.vocab, self.valid_data, self.valid_text, self.tc, self.device)
+            bleu = result.get("bleu", -1.0)
+            improved = bleu > self.best_bleu
+            if improved:
+                self.best_bleu, self.bad_validations, self.plateau_bad = bleu, 0, 0
+            else:
+                self.bad_validations += 1
+                self.plateau_bad += 1
+                if self.tc.schedule == "plateau" and self.plateau_bad >= self.tc.plateau_patience:
+                    self.lr_scale *= self.tc.plateau_factor
+                    self.plateau_bad = 0
+            result.update(kind="valid", step=self.step, epoch=self.epoch + 1, elapsed_s=round(self.elapsed, 1),
+                          best_bleu=self.best_bleu)
+            metrics.write(json.dumps(result) + "\n")
+            metrics.flush()
+            self.log(f"\nvalid @ {self.step}: " + ", ".join(f"{k} {v}" for k, v in result.items()
+                                                             if k in ("loss", "ppl", "bleu")))
+            if improved:
+                self.save("best.pt", bleu)
+            if self.tc.keep_last:
+                self.save("last.pt", bleu)
+            stop = bool(self.tc.patience and self.bad_validations >= self.tc.patience)
+        return self.dist.any(stop)
+
+    def _finish(self, reason: str) -> dict:
+        messages = {
+            "interrupted": f"stopped on request; continue with: nmt train ... --out {self.out} --resume",
+            "early_stopping": f"early stopping after {self.tc.patience} validations without improvement",
+            "max_steps": "reached train.max_steps",
+            "max_minutes": "reached train.max_minutes",
+            "max_epochs": "reached train.max_epochs",
+        }
+        if reason == "max_epochs":
+            self._validate_final()
+        self.log(f"{messages[reason]} (update {self.step}, best valid BLEU {self.best_bleu:.2f}); run folder {self.out}")
+        self.dist.close()
+        return {"reason": reason, "step": self.step, "best_bleu": self.best_bleu}
+
+    def _validate_final(self) -> None:
+        with open(self.out / "metrics.jsonl", "a") as metrics:
+            self._validate(metrics)
+
+
+def train(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+    return Trainer(config, out_dir, resume).run()
+
+
+def config_summary(config: RunConfig) -> str:
+    return json.dumps({"model": asdict(config.model), "train": asdict(config.train)})

@@ -1,0 +1,137 @@
+"""Translating text: a :class:`Translator` for lists of lines, and a streaming line reader/writer.
+
+Guarantees: exactly one output line per input line, in input order. An empty or whitespace-only
+line gives an empty line; invalid UTF-8 is decoded with replacement characters; a line longer
+than ``max_src_tokens`` pieces is truncated (with one warning); control characters and TABs
+inside a line are treated as spaces. Output is written and flushed chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from nmt.search import Hypothesis, beam_search
+from nmt.vocab import EOS_ID, PAD_ID
+
+_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def clean_line(line: str) -> str:
+    """Control characters and any whitespace run -> one space; stripped."""
+    return _SPACE.sub(" ", line).strip()
+
+
+@dataclass
+class SearchOptions:
+    beam: int = 5
+    alpha: float = 0.6  # GNMT length penalty exponent
+    max_len_a: float = 1.5  # output length limit = a * source length + b
+    max_len_b: int = 10
+    n_best: int = 1
+    batch_size: int = 128  # sentences per decoding batch
+    max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
+
+
+class Translator:
+    """Holds a model, its vocabulary and search options; translates lists of lines."""
+
+    def __init__(self, model, vocab, options: SearchOptions = SearchOptions(), device="cpu",
+                 warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
+        self.model, self.vocab, self.opt, self.device, self.warn = model, vocab, options, torch.device(device), warn
+        self._warned_long = False
+
+    def _encode(self, lines: list[str]) -> list[list[int]]:
+        ids = self.vocab.encode(lines)
+        out = []
+        for seq in ids:
+            if len(seq) > self.opt.max_src_tokens:
+                if not self._warned_long:
+                    self.warn(f"warning: input lines longer than {self.opt.max_src_tokens} pieces are truncated")
+                    self._warned_long = True
+                seq = seq[: self.opt.max_src_tokens]
+            out.append(seq + [EOS_ID])
+        return out
+
+    def hypotheses(self, lines: list[str], need_attention: bool = False) -> list[list[Hypothesis]]:
+        """The n-best hypotheses per line (an empty list for an empty line), in input order."""
+        cleaned = [clean_line(x) for x in lines]
+        todo = [i for i, x in enumerate(cleaned) if x]
+        results: list[list[Hypothesis]] = [[] for _ in lines]
+        if not todo:
+            return results
+        ids = self._encode([cleaned[i] for i in todo])
+        order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
+        self.model.eval()
+        for start in range(0, len(order), self.opt.batch_size):
+            chunk = order[start : start + self.opt.batch_size]
+            width = max(len(ids[j]) for j in chunk)
+            src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+            for row, j in enumerate(chunk):
+                src[row, : len(ids[j])] = torch.tensor(ids[j])
+            out = beam_search(self.model, src.to(self.device), self.opt.beam, self.opt.max_len_a,
+                              self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention)
+            for row, j in enumerate(chunk):
+                results[todo[j]] = out[row]
+        return results
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """One detokenised translation per line (empty for empty input)."""
+        return [self.vocab.decode(h[0].tokens) if h else "" for h in self.hypotheses(lines)]
+
+    def format_nbest(self, hyps: list[Hypothesis]) -> str:
+        """``text<TAB>score`` for each of the n best, TAB-joined on one line."""
+        return "\t".join(f"{self.vocab.decode(h.tokens)}\t{h.score:.4f}" for h in hyps)
+
+
+def read_chunks(fd: int, max_lines: int, warn: Callable[[str], None]) -> Iterator[list[str]]:
+    """Yield lists of decoded lines from a file descriptor, as soon as they are available.
+
+    A chunk ends at ``max_lines`` lines or when no more input is ready right now, so that an
+    interactive producer gets each answer without closing its end. Handles CRLF, a UTF-8 BOM,
+    invalid UTF-8 (replaced, one warning) and a last line without a newline.
+    """
+    buf, lines, first, warned = b"", [], True, False
+
+    def decode(raw: bytes) -> str:
+        nonlocal first, warned
+        if first:
+            first = False
+            raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+        text = raw.decode("utf-8", errors="replace")
+        if "\ufffd" in text and not warned and b"\xef\xbf\xbd" not in raw:
+            warn("warning: input has invalid UTF-8; bad bytes were replaced")
+            warned = True
+        return text[:-1] if text.endswith("\r") else text
+
+    while True:
+        if lines and not _readable(fd):  # nothing more right now: answer what we have
+            yield lines
+            lines = []
+            continue
+        data = os.read(fd, 1 << 16)  # blocks only when nothing is pending
+        if not data:  # end of input
+            if buf:
+                lines.append(decode(buf))
+            while lines:
+                yield lines[:max_lines]
+                lines = lines[max_lines:]
+            return
+        *complete, buf = (buf + data).split(b"\n")
+        lines.extend(decode(x) for x in complete)
+        while len(lines) >= max_lines:
+            yield lines[:max_lines]
+            lines = lines[max_lines:]
+
+
+def _readable(fd: int) -> bool:
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True

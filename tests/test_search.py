@@ -1,0 +1,138 @@
+"""Search against scripted models (known beams) and real tiny models (beam 1 == greedy, attention)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import random_batch, tiny_transformer
+from nmt.search import beam_search, greedy_search, length_penalty
+
+EOS = 3
+
+
+class BigramModel(torch.nn.Module):
+    """A fake model: P(next | previous token) from a fixed table ``probs[prev] -> (V,)``.
+
+    It follows the model contract with a batch-first state and nothing else, like a real model.
+    """
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.logp = probs.clamp_min(1e-30).log()
+
+    def encode(self, src):
+        return {"memory": torch.zeros(*src.shape, 1), "src_mask": src != 0}
+
+    def init_state(self, enc):
+        return {"src_mask": enc["src_mask"], "steps": torch.zeros(enc["src_mask"].shape[0], dtype=torch.long)}
+
+    def step(self, tokens, state, need_attention=False):
+        new = {**state, "steps": state["steps"] + 1}
+        b, s = state["src_mask"].shape
+        attn = torch.full((b, 1, 1, s), 1.0 / s) if need_attention else None
+        return self.logp[tokens], new, attn
+
+
+def table(rows: dict[int, dict[int, float]], v: int = 6) -> torch.Tensor:
+    t = torch.zeros(v, v)
+    for prev, nxt in rows.items():
+        for tok, p in nxt.items():
+            t[prev, tok] = p
+    return t
+
+
+# PAD UNK BOS EOS A=4 B=5
+SCRIPT = table({2: {4: 0.6, 5: 0.4}, 4: {3: 0.3, 4: 0.45, 5: 0.25}, 5: {3: 0.9, 4: 0.05, 5: 0.05}})
+
+
+def test_scripted_beam_finds_what_greedy_misses():
+    m = BigramModel(SCRIPT)
+    src = torch.tensor([[7, 3]])
+    greedy = greedy_search(m, src, max_len_a=0, max_len_b=4)[0][0]
+    assert greedy.tokens == [4, 4, 4]  # A A A, forced EOS at the limit
+    beam = beam_search(m, src, beam=2, alpha=0.0, max_len_a=0, max_len_b=4)[0][0]
+    assert beam.tokens == [5] and beam.score == pytest.approx(math.log(0.4 * 0.9), abs=1e-5)
+
+
+def test_nbest_scores_and_order():
+    """Beam 3, at most 3 tokens: step 2 keeps B.EOS .36, A.A .27, A.EOS .18 (A.B .15 falls out);
+    step 3 must end A.A with EOS: .6 * .45 * .3 = .081."""
+    m = BigramModel(SCRIPT)
+    hyps = beam_search(m, torch.tensor([[7, 3]]), beam=3, alpha=0.0, n_best=3, max_len_a=0, max_len_b=3)[0]
+    assert [h.tokens for h in hyps] == [[5], [4], [4, 4]]
+    assert [h.score for h in hyps] == pytest.approx([math.log(p) for p in (0.36, 0.18, 0.081)], abs=1e-5)
+
+
+def test_length_penalty_formula_and_ranking():
+    assert float(length_penalty(torch.tensor(3), 1.0)) == pytest.approx(8 / 6)
+    assert float(length_penalty(torch.tensor(7), 0.0)) == 1.0
+    m = BigramModel(SCRIPT)
+    hyp = beam_search(m, torch.tensor([[7, 3]]), beam=2, alpha=1.0, max_len_a=0, max_len_b=4)[0][0]
+    assert hyp.score == pytest.approx(math.log(0.36) / ((5 + 2) / 6), abs=1e-5)
+
+
+def brute_force(logp: torch.Tensor, max_len: int):
+    best = (None, -math.inf)
+    for n in range(max_len):
+        for seq in itertools.product(range(4, logp.shape[0]), repeat=n):
+            prev, score = 2, 0.0
+            for tok in seq + (EOS,):
+                score += float(logp[prev, tok])
+                prev = tok
+            if score > best[1]:
+                best = (list(seq), score)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_wide_beam_is_exact_search(seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(7, 7, generator=g) * 2, -1)
+    probs[:, :3] = 0
+    probs = probs / probs.sum(-1, keepdim=True)
+    m = BigramModel(probs)
+    hyp = beam_search(m, torch.tensor([[5, 3]]), beam=64, alpha=0.0, max_len_a=0, max_len_b=4)[0][0]
+    tokens, score = brute_force(m.logp, 4)
+    assert hyp.tokens == tokens and hyp.score == pytest.approx(score, abs=1e-4)
+
+
+def test_beam_one_equals_greedy_on_a_real_model():
+    torch.manual_seed(0)
+    m = tiny_transformer().eval()
+    src, _ = random_batch(b=4)
+    g = greedy_search(m, src)
+    b = beam_search(m, src, beam=1, alpha=0.0)
+    assert [h[0].tokens for h in g] == [h[0].tokens for h in b]
+
+
+def test_batching_does_not_change_results():
+    torch.manual_seed(0)
+    m = tiny_transformer().eval()
+    src, _ = random_batch(b=3)
+    together = beam_search(m, src, beam=3)
+    alone = [beam_search(m, src[i : i + 1, : int((src[i] != 0).sum())], beam=3)[0] for i in range(3)]
+    assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
+    assert [h[0].score for h in together] == pytest.approx([h[0].score for h in alone], abs=1e-4)
+
+
+def test_beam_attention_belongs_to_the_printed_hypothesis():
+    """The attention returned with the 1-best equals teacher-forcing that same hypothesis."""
+    torch.manual_seed(1)
+    m = tiny_transformer().eval()
+    src, _ = random_batch(b=3)
+    hyps = beam_search(m, src, beam=5, need_attention=True)
+    for i, h in enumerate(hyps):
+        h = h[0]
+        s = int((src[i] != 0).sum())
+        tgt_in = torch.tensor([[2] + h.tokens])
+        _, attn = m(src[i : i + 1, :s], tgt_in, need_attention=True)  # (1, L, H, T, S)
+        assert h.attention.shape == (len(h.tokens) + 1, 2, 4, s)
+        assert torch.allclose(h.attention, attn[0].permute(2, 0, 1, 3), atol=1e-5)
+
+
+def test_max_length_is_respected():
+    m = BigramModel(table({2: {4: 1.0}, 4: {4: 1.0}}))
+    h = beam_search(m, torch.tensor([[7, 7, 3]]), beam=2, max_len_a=1.0, max_len_b=2)[0][0]
+    assert len(h.tokens) + 1 == 5
