@@ -45,7 +45,7 @@ def translate(
         out = open(output, "w", encoding="utf-8", newline="\n") if output else sys.stdout
         try:
             with torch.inference_mode():
-                for lines in read_chunks(src.fileno(), chunk_lines, err):
+                for lines in read_chunks(src, chunk_lines, err):
                     hyps = tr.hypotheses(lines)
                     if n_best > 1:
                         out.write("".join(tr.format_nbest(h) + "\n" for h in hyps))

@@ -133,3 +133,62 @@ def make_score(name: str, query_dim: int, key_dim: int, hidden: int | None = Non
     if name not in SCORES:
         raise ValueError(f"unknown attention score {name!r}; valid: {', '.join(SCORES)}")
     return SCORES[name](query_dim, key_dim, hidden)
+
+
+class RecurrentAttention(nn.Module):
+    """Attention of a recurrent decoder over the encoder states, with N heads and optional K != V.
+
+    heads = 1: keys are the encoder states as they are (prepared by the score function once per
+    sentence), values are the encoder states too, or ``W_v h`` when ``separate_values``.
+    heads = N > 1: each head i has its own projections ``q_i = W_q^i q``, ``k_i = W_k^i h`` and
+    (with ``separate_values``) ``v_i = W_v^i h`` (else ``v_i = k_i``), its own score function of size
+    D/N; the N contexts are concatenated and projected by ``W_o`` (Vaswani et al. 2017, applied to an
+    RNN decoder as in tensor2tensor's ``lstm`` with ``num_heads``).
+
+    The module only holds parameters: :meth:`prepare` returns the per-sentence tensors, which the
+    caller keeps in its (batch-first) decoder state; :meth:`forward` is one attention step.
+    """
+
+    def __init__(self, score: str, query_dim: int, key_dim: int, heads: int = 1, separate_values: bool = False,
+                 hidden: int | None = None):
+        super().__init__()
+        if heads > 1 and (query_dim % heads or key_dim % heads):
+            raise ValueError(f"heads ({heads}) must divide the query ({query_dim}) and key ({key_dim}) sizes")
+        self.heads, self.separate_values = heads, separate_values
+        d_head = key_dim // heads
+        q_head = query_dim // heads if heads > 1 else query_dim
+        self.q_proj = nn.Linear(query_dim, heads * d_head, bias=False) if heads > 1 else None
+        self.k_proj = nn.Linear(key_dim, heads * d_head, bias=False) if heads > 1 else None
+        self.v_proj = nn.Linear(key_dim, key_dim, bias=False) if separate_values else None
+        self.out_proj = nn.Linear(key_dim, key_dim, bias=False) if heads > 1 else None
+        q_dim = d_head if heads > 1 else q_head
+        self.scores = nn.ModuleList(make_score(score, q_dim, d_head, hidden and hidden // heads) for _ in range(heads))
+        self.out_dim = key_dim
+
+    def prepare(self, memory: Tensor) -> dict[str, Tensor]:
+        """memory ``(B, S, Dk)`` -> ``{"att_k{i}": prepared keys, "att_v": (B, N, S, Dk/N)}``."""
+        b, s, d = memory.shape
+        keys = self.k_proj(memory) if self.k_proj is not None else memory
+        values = self.v_proj(memory) if self.v_proj is not None else keys
+        keys = keys.view(b, s, self.heads, -1)  # (B, S, N, Dh)
+        out = {f"att_k{i}": score.prepare_keys(keys[:, :, i]) for i, score in enumerate(self.scores)}
+        out["att_v"] = values.view(b, s, self.heads, -1).transpose(1, 2)  # (B, N, S, Dh)
+        return out
+
+    def forward(self, query: Tensor, prepared: dict[str, Tensor], mask: Tensor,
+                extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query ``(B, Dq)`` -> context ``(B, Dk)`` and weights ``(B, N, S)``.
+
+        ``extra`` ``(B, N, S)`` (optional) is added to every head's scores before the softmax.
+        """
+        b = query.shape[0]
+        q = self.q_proj(query) if self.q_proj is not None else query
+        q = q.view(b, self.heads, 1, -1)  # (B, N, 1, Dqh)
+        scores = torch.stack([s(q[:, i], prepared[f"att_k{i}"]) for i, s in enumerate(self.scores)], 1)  # (B, N, 1, S)
+        if extra is not None:
+            scores = scores + extra[:, :, None]
+        context, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, Dh), (B, N, 1, S)
+        context = context.reshape(b, -1)  # (B, N*Dh)
+        if self.out_proj is not None:
+            context = self.out_proj(context)
+        return context, weights[:, :, 0]

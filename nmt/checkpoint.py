@@ -81,11 +81,12 @@ def load_checkpoint(path: Path) -> dict:
     except pickle.UnpicklingError:
         raise NmtError(f"{path}: refused: it needs arbitrary unpickling (it could run code); "
                        "only nmt checkpoints are loaded") from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        why = "truncated or corrupt" if "zip" in str(e).lower() or isinstance(e, (EOFError, zipfile.BadZipFile)) else str(e).splitlines()[0]
-        raise NmtError(f"{path}: not a readable checkpoint ({why}); use last.pt/best.pt from a finished save") from None
     except OSError as e:
         raise NmtError(f"{path}: cannot read ({e.strerror})") from None
+    except Exception as e:  # truncated zip, torn write, a text file, ...: anything torch cannot parse
+        why = "truncated or corrupt" if isinstance(e, (zipfile.BadZipFile, EOFError, KeyError)) or "zip" in str(e).lower() \
+            else (str(e).splitlines() or ["unreadable"])[0][:120]
+        raise NmtError(f"{path}: not a readable checkpoint ({why}); use last.pt/best.pt from a finished save") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "weights" not in ckpt:
         raise NmtError(f"{path}: not an nmt checkpoint (no format_version/weights)")
     if ckpt["format_version"] > FORMAT_VERSION:

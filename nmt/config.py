@@ -118,7 +118,10 @@ def from_dict(cls: type, values: dict, section: str) -> Any:
     unknown = [k for k in values if k not in names]
     if unknown:
         raise NmtError(f"unknown key {section}.{unknown[0]}; valid keys in [{section}]: {', '.join(names)}")
-    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    try:
+        return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    except ValueError as e:  # a config's own consistency check (__post_init__)
+        raise NmtError(str(e)) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:

@@ -8,12 +8,12 @@ inside a line are treated as spaces. Output is written and flushed chunk by chun
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import select
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import torch
 
@@ -90,14 +90,15 @@ class Translator:
         return "\t".join(f"{self.vocab.decode(h.tokens)}\t{h.score:.4f}" for h in hyps)
 
 
-def read_chunks(fd: int, max_lines: int, warn: Callable[[str], None]) -> Iterator[list[str]]:
-    """Yield lists of decoded lines from a file descriptor, as soon as they are available.
+def read_chunks(stream: BinaryIO, max_lines: int, warn: Callable[[str], None]) -> Iterator[list[str]]:
+    """Yield lists of decoded lines from a binary stream, as soon as they are available.
 
     A chunk ends at ``max_lines`` lines or when no more input is ready right now, so that an
     interactive producer gets each answer without closing its end. Handles CRLF, a UTF-8 BOM,
     invalid UTF-8 (replaced, one warning) and a last line without a newline.
     """
     buf, lines, first, warned = b"", [], True, False
+    read = getattr(stream, "read1", stream.read)  # read1: what is there now, without waiting for more
 
     def decode(raw: bytes) -> str:
         nonlocal first, warned
@@ -111,11 +112,11 @@ def read_chunks(fd: int, max_lines: int, warn: Callable[[str], None]) -> Iterato
         return text[:-1] if text.endswith("\r") else text
 
     while True:
-        if lines and not _readable(fd):  # nothing more right now: answer what we have
+        if lines and not _readable(stream):  # nothing more right now: answer what we have
             yield lines
             lines = []
             continue
-        data = os.read(fd, 1 << 16)  # blocks only when nothing is pending
+        data = read(1 << 16)  # blocks only when nothing is pending
         if not data:  # end of input
             if buf:
                 lines.append(decode(buf))
@@ -130,8 +131,9 @@ def read_chunks(fd: int, max_lines: int, warn: Callable[[str], None]) -> Iterato
             lines = lines[max_lines:]
 
 
-def _readable(fd: int) -> bool:
+def _readable(stream: BinaryIO) -> bool:
+    """Whether more input is ready now (always true for files and in-memory streams)."""
     try:
-        return bool(select.select([fd], [], [], 0)[0])
-    except (OSError, ValueError):
+        return bool(select.select([stream.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return True

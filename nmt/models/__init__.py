@@ -26,10 +26,12 @@ import dataclasses
 
 from torch import Tensor, nn
 
+from nmt.models.lstm import LSTMConfig, LSTMModel
 from nmt.models.transformer import Transformer, TransformerConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "transformer": (TransformerConfig, Transformer),
+    "lstm": (LSTMConfig, LSTMModel),
 }
 
 

@@ -1,0 +1,172 @@
+"""LSTM encoder-decoder with attention, every design choice of the attention lecture a switch.
+
+Encoder: a bidirectional LSTM; per source word one vector ``h_s = [->h_s; <-h_s]`` (D = hidden_size),
+because one vector cannot hold a sentence. Decoder: an LSTM that attends over the ``h_s`` at every
+step. Where the attention sits (``attention_position``):
+
+``"after"`` (Luong et al. 2015)::
+
+    s_t  = LSTM(s_{t-1}, [E y_{t-1}; h~_{t-1} if input_feeding])
+    c_t  = sum_s a_ts h_s,   a_t = softmax(score(s_t, h_s))     # query: this step's LSTM output
+    h~_t = tanh(W_c [c_t; s_t]);   p(y_t) = softmax(W_o h~_t)
+
+``"before"`` (Bahdanau et al. 2015)::
+
+    c_t  = sum_s a_ts h_s,   a_t = softmax(score(s_{t-1}, h_s)) # query: the previous state
+    s_t  = LSTM(s_{t-1}, [E y_{t-1}; c_t; h~_{t-1} if input_feeding])
+    h~_t = tanh(W_c [c_t; s_t]);   p(y_t) = softmax(W_o h~_t)
+
+Trade-off (the lecture's note): after the LSTM, the recurrence never sees the context unless
+input feeding brings it back, and the LSTM's output can be diluted by the context in ``h~``;
+before the LSTM, the recurrence integrates the context at every step, but the query is one
+step old.
+
+Teacher forcing runs the same :meth:`step` over the target, so incremental decoding equals
+teacher-forced decoding by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt.attention import SCORES, RecurrentAttention
+from nmt.models.dropout import Dropout
+from nmt.vocab import PAD_ID
+
+
+@dataclass
+class LSTMConfig:
+    """Shape and attention switches of the LSTM model. Defaults: a Luong-style 2-layer model."""
+
+    embed_size: int = 256  # embedding size (shared source/target/output vocabulary)
+    hidden_size: int = 256  # decoder size = encoder output size (each encoder direction gets half)
+    encoder_layers: int = 2  # bidirectional encoder layers
+    decoder_layers: int = 2  # decoder LSTM layers
+    dropout: float = 0.3  # on embeddings, between LSTM layers and before the output layer
+    score: str = "general"  # attention score: dot | general | mlp | scaled_dot
+    attention_hidden: int = 0  # hidden size of the mlp score (0 = hidden_size)
+    attention_position: str = "after"  # after (Luong: query = this step's output) | before (Bahdanau)
+    input_feeding: bool = True  # feed h~_{t-1} into the next LSTM input (Luong et al. 2015)
+    separate_values: bool = False  # project encoder states into values apart from keys
+    heads: int = 1  # attention heads (each with its own projections when > 1)
+    bridge: str = "learned"  # decoder's initial state: learned (from the encoder's final states) | zero
+    tie_embeddings: bool = True  # output layer shares the embedding matrix (needs embed_size == hidden_size)
+    vocab_size: int = 8000  # filled in from the SentencePiece model at training time
+
+    def __post_init__(self):
+        checks = [
+            (self.score in SCORES, f"model.score must be one of {', '.join(SCORES)}, got {self.score!r}"),
+            (self.attention_position in ("after", "before"),
+             f"model.attention_position must be after or before, got {self.attention_position!r}"),
+            (self.bridge in ("learned", "zero"), f"model.bridge must be learned or zero, got {self.bridge!r}"),
+            (self.hidden_size % 2 == 0, "model.hidden_size must be even (two encoder directions)"),
+            (not self.tie_embeddings or self.embed_size == self.hidden_size,
+             "model.tie_embeddings needs embed_size == hidden_size"),
+            (self.heads >= 1 and self.hidden_size % self.heads == 0, "model.heads must divide hidden_size"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+class LSTMModel(nn.Module):
+    """Bidirectional LSTM encoder + attentional LSTM decoder; the ``encode/init_state/step/forward``
+    contract of :mod:`nmt.models`."""
+
+    def __init__(self, c: LSTMConfig):
+        super().__init__()
+        self.config = c
+        h = c.hidden_size
+        self.embed = nn.Embedding(c.vocab_size, c.embed_size, padding_idx=PAD_ID)
+        nn.init.normal_(self.embed.weight, 0.0, c.embed_size**-0.5)
+        self.drop = Dropout(c.dropout)
+        self.encoder = nn.LSTM(c.embed_size, h // 2, c.encoder_layers, batch_first=True, bidirectional=True,
+                               dropout=c.dropout if c.encoder_layers > 1 else 0.0)
+        self.bridge = nn.ModuleList(nn.Linear(h, h) for _ in range(2)) if c.bridge == "learned" else None
+        extra = h if c.attention_position == "before" else 0
+        feed = h if c.input_feeding else 0
+        self.decoder = nn.LSTM(c.embed_size + extra + feed, h, c.decoder_layers, batch_first=True,
+                               dropout=c.dropout if c.decoder_layers > 1 else 0.0)
+        self.attention = RecurrentAttention(c.score, h, h, c.heads, c.separate_values, c.attention_hidden or h)
+        self.combine = nn.Linear(2 * h, h, bias=False)  # W_c [c_t; s_t]
+        self.output = None if c.tie_embeddings else nn.Linear(h, c.vocab_size, bias=False)
+
+    def encode(self, src: Tensor, need_attention: bool = False) -> dict[str, Tensor]:
+        """src ``(B, S)`` -> memory ``(B, S, H)`` (zeros at padding), src_mask ``(B, S)``, and the
+        final states ``h_n``/``c_n`` ``(B, layers, H)`` (both directions concatenated)."""
+        mask = src != PAD_ID
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.drop(self.embed(src)), lengths, batch_first=True, enforce_sorted=False)
+        out, (h_n, c_n) = self.encoder(packed)
+        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, H)
+
+        def merge(x: Tensor) -> Tensor:  # (layers*2, B, H/2) -> (B, layers, H)
+            layers = x.shape[0] // 2
+            return x.view(layers, 2, x.shape[1], -1).permute(2, 0, 1, 3).reshape(x.shape[1], layers, -1)
+
+        return {"memory": memory, "src_mask": mask, "h_n": merge(h_n), "c_n": merge(c_n)}
+
+    def init_state(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Batch-first state: h, c ``(B, L, H)``, the attentional vector ``feed`` ``(B, H)``, the
+        source mask and the attention's per-sentence keys/values (projected once here)."""
+        c = self.config
+        b = enc["memory"].shape[0]
+        h_n, c_n = enc["h_n"][:, -1:], enc["c_n"][:, -1:]  # top encoder layer (B, 1, H)
+        if self.bridge is not None:
+            h0 = torch.tanh(self.bridge[0](h_n)).expand(-1, c.decoder_layers, -1).contiguous()
+            c0 = self.bridge[1](c_n).expand(-1, c.decoder_layers, -1).contiguous()
+        else:
+            h0 = c0 = enc["memory"].new_zeros(b, c.decoder_layers, c.hidden_size)
+        state = {"h": h0, "c": c0, "feed": enc["memory"].new_zeros(b, c.hidden_size), "src_mask": enc["src_mask"]}
+        state.update(self.attention.prepare(enc["memory"]))
+        return state
+
+    def _attend(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        prepared = {k: v for k, v in state.items() if k.startswith("att_")}
+        return self.attention(query, prepared, state["src_mask"])  # (B, H), (B, N, S)
+
+    def _decode(self, tokens: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """One step up to the attentional vector h~_t ``(B, H)``; also the new state and weights."""
+        c = self.config
+        parts = [self.drop(self.embed(tokens))]  # (B, E)
+        if c.attention_position == "before":
+            context, weights = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
+            parts.append(context)
+        if c.input_feeding:
+            parts.append(state["feed"])
+        hc = (state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous())  # (L, B, H)
+        out, (h, cell) = self.decoder(torch.cat(parts, -1)[:, None], hc)
+        s_t = out[:, 0]  # (B, H)
+        if c.attention_position == "after":
+            context, weights = self._attend(s_t, state)  # query: s_t
+        feed = torch.tanh(self.combine(torch.cat([context, s_t], -1)))  # h~_t (B, H)
+        new = {**state, "h": h.transpose(0, 1), "c": cell.transpose(0, 1), "feed": feed}
+        return feed, new, weights
+
+    def _logits(self, feed: Tensor) -> Tensor:
+        x = self.drop(feed)
+        return F.linear(x, self.embed.weight) if self.output is None else self.output(x)
+
+    def step(self, tokens: Tensor, state: dict[str, Tensor], need_attention: bool = False):
+        """tokens ``(B,)`` -> log-probs ``(B, V)``, new state, attention ``(B, 1, N, S)``."""
+        feed, new, weights = self._decode(tokens, state)
+        logp = torch.log_softmax(self._logits(feed).float(), dim=-1)
+        return logp, new, (weights[:, None] if need_attention else None)
+
+    def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False):
+        """Teacher forcing through :meth:`step`'s own computation: logits ``(B, T, V)`` and
+        attention ``(B, 1, N, T, S)``."""
+        state = self.init_state(self.encode(src))
+        feeds, weights = [], []
+        for t in range(tgt_in.shape[1]):
+            feed, state, w = self._decode(tgt_in[:, t], state)
+            feeds.append(feed)
+            weights.append(w)
+        logits = self._logits(torch.stack(feeds, 1))  # one output projection for all steps
+        attn = torch.stack(weights, 2)[:, None] if need_attention else None  # (B, 1, N, T, S)
+        return logits, attn

@@ -1,0 +1,118 @@
+"""The CLI through Typer's CliRunner, end to end on a few hundred real Multi30k lines."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from nmt_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["translate"], ["evaluate"], ["info"], ["quickstart"]])
+def test_help(command):
+    r = invoke(*command, "--help")
+    assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_prepare_line_count_mismatch(tmp_path):
+    (tmp_path / "a").write_text("x\ny\n")
+    (tmp_path / "b").write_text("x\n")
+    r = invoke("prepare", "--train-src", tmp_path / "a", "--train-tgt", tmp_path / "b", "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    assert "has 2 lines but" in r.output and "has 1" in r.output and "Traceback" not in r.output
+
+
+def test_prepare_reports_counts_and_cleans(tmp_path, multi30k_small):
+    src = multi30k_small["train.de"].read_text().splitlines()
+    tgt = multi30k_small["train.en"].read_text().splitlines()
+    (tmp_path / "s").write_text("\n".join(src + ["", "a\tb  c", "one"]) + "\n")
+    (tmp_path / "t").write_text("\n".join(tgt + ["x", "d e", "1 2 3 4 5 6 7 8 9 10"]) + "\n")
+    r = invoke("prepare", "--train-src", tmp_path / "s", "--train-tgt", tmp_path / "t", "-o", tmp_path / "out",
+               "--vocab-size", 300)
+    assert r.exit_code == 0, r.output
+    assert "kept 301" in r.output and "1 empty" in r.output and "1 ratio" in r.output
+    summary = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert summary["vocab_size"] == 300 and summary["train"]["kept"] == 301
+
+
+def test_vocab_too_large_is_a_clear_error(tmp_path):
+    (tmp_path / "a").write_text("ein hund\n")
+    (tmp_path / "b").write_text("a dog\n")
+    r = invoke("prepare", "--train-src", tmp_path / "a", "--train-tgt", tmp_path / "b", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "vocab" in r.output.lower() and "Traceback" not in r.output
+
+
+def test_train_translate_evaluate_end_to_end(tmp_path, prepared_small):
+    run = tmp_path / "run"
+    r = invoke("train", "-d", prepared_small, "-o", run, "--set", "model.d_model=32", "--set", "model.heads=2",
+               "--set", "model.ff_size=64", "--set", "model.encoder_layers=1", "--set", "model.decoder_layers=1",
+               "--set", "train.max_steps=4", "--set", "train.valid_every=2", "--set", "train.batch_tokens=500",
+               "--set", "train.valid_beam=2", "--set", "train.threads=1")
+    assert r.exit_code == 0, r.output
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["kind"] == "valid"] == [2, 4]
+
+    r = invoke("translate", "-m", run / "best.pt", input="Ein Hund läuft.\n\n   \nZwei Männer.\n")
+    assert r.exit_code == 0, r.output
+    out = r.stdout.split("\n")
+    assert len(out) == 5 and out[1] == "" and out[2] == "" and out[4] == ""
+
+    src = prepared_small / "test.src"
+    hyp = tmp_path / "hyp.txt"
+    r = invoke("translate", "-m", run / "best.pt", "-i", src, "-o", hyp, "--beam", 2)
+    assert r.exit_code == 0, r.output
+    assert len(hyp.read_text().split("\n")) == len(src.read_text().split("\n"))
+
+    r = invoke("translate", "-m", run / "best.pt", "--n-best", 2, "--beam", 2, input="Ein Hund.\n")
+    fields = r.stdout.rstrip("\n").split("\t")
+    assert len(fields) == 4 and float(fields[1]) >= float(fields[3])
+
+    r = invoke("info", run / "best.pt")
+    assert r.exit_code == 0 and "transformer" in r.output and "parameters" in r.output
+
+
+def test_evaluate_matches_sacrebleu_cli(tmp_path, prepared_small):
+    ref = prepared_small / "test.ref"
+    lines = ref.read_text().splitlines()
+    hyp = tmp_path / "hyp"
+    hyp.write_text("\n".join(l.replace("a", "the", 1) if i % 3 else l[::-1] for i, l in enumerate(lines)) + "\n")
+    r = invoke("evaluate", "--hyp", hyp, "--ref", ref, "--json")
+    assert r.exit_code == 0, r.output
+    ours = json.loads(r.stdout)
+    cli = json.loads(subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "chrf",
+                                     "-w", "2"], capture_output=True, text=True, check=True).stdout)
+    assert ours["bleu"] == {"score": cli[0]["score"], "signature": cli[0]["signature"]}
+    assert ours["chrf"] == {"score": cli[1]["score"], "signature": cli[1]["signature"]}
+    assert 0 < ours["bleu"]["score"] < 100
+
+
+def test_evaluate_line_mismatch(tmp_path):
+    (tmp_path / "h").write_text("a\nb\n")
+    (tmp_path / "r").write_text("a\n")
+    r = invoke("evaluate", "--hyp", tmp_path / "h", "--ref", tmp_path / "r")
+    assert r.exit_code == 1 and "2 lines" in r.output and "1" in r.output
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path, prepared_small):
+    r = invoke("train", "-d", prepared_small, "-o", tmp_path / "r", "--set", "train.learning_rate=1")
+    assert r.exit_code == 1 and "unknown key train.learning_rate" in r.output and "batch_tokens" in r.output
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\nkind = "transformer"\nd_model = "big"\n')
+    r = invoke("train", "-c", cfg, "-o", tmp_path / "r")
+    assert r.exit_code == 1 and "model.d_model: expected an integer" in r.output
+
+
+def test_bad_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    r = invoke("translate", "-m", bad, input="x\n")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "bad.pt" in r.output
