@@ -65,6 +65,15 @@ class Dist:
         dist.all_reduce(t)
         return int(t)
 
+    def sum_float(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t)
+
     def any(self, flag: bool) -> bool:
         return self.sum(int(bool(flag))) > 0
 

@@ -193,6 +193,7 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_total += float(loss.detach())
             nll_total += float(nll)
+        loss_total, nll_total = self.dist.sum_float(loss_total), self.dist.sum_float(nll_total)
         if not math.isfinite(loss_total):
             self.opt.zero_grad(set_to_none=True)
             if self.tc.nan_policy == "stop":
@@ -213,7 +214,7 @@ class Trainer:
         else:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss_total / tokens * self.dist.world, nll_total / tokens * self.dist.world, tokens
+        return loss_total / tokens, nll_total / tokens, tokens
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -221,6 +222,8 @@ class Trainer:
 
         self.stop.install()
         self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.pt.*.tmp"):  # a write torn by kill -9; the real file is intact
+            stale.unlink(missing_ok=True)
         if self.dist.is_main:
             (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -250,7 +253,7 @@ class Trainer:
                                         epoch=self.epoch + 1)
                         if metrics and self.step % self.tc.log_every == 0:
                             metrics.write(json.dumps({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
-                                                      "loss": round(loss, 4), "ppl": round(math.exp(min(nll, 50)), 3),
+                                                      "loss": loss, "ppl": math.exp(min(nll, 50)),
                                                       "lr": self.lr_at(self.step), "tgt_tok_s": round(rate, 1),
                                                       "elapsed_s": round(self.elapsed, 1)}) + "\n")
                             metrics.flush()

@@ -1,0 +1,129 @@
+"""Crash safety, exact resume, interrupts and torchrun/DDP on CPU (gloo)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.config import load_config
+from nmt.train import Trainer
+
+TINY = ["model.d_model=32", "model.heads=2", "model.ff_size=64", "model.encoder_layers=1", "model.decoder_layers=1",
+        "train.batch_tokens=300", "train.threads=1", "train.log_every=1", "train.valid_beam=1",
+        "train.valid_max_sentences=5", "train.warmup=4"]
+
+
+def train_losses(prepared, out, extra, resume=False) -> list[float]:
+    cfg = load_config(None, [f'data.dir="{prepared}"', *TINY, *extra])
+    Trainer(cfg, out, resume=resume, log=lambda m: None).run()
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(records) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def test_stop_and_resume_gives_the_same_losses(tmp_path, prepared_small):
+    full = losses(train_losses(prepared_small, tmp_path / "a", ["train.max_steps=12", "train.valid_every=100"]))
+    train_losses(prepared_small, tmp_path / "b", ["train.max_steps=5", "train.valid_every=100"])
+    resumed = losses(train_losses(prepared_small, tmp_path / "b", ["train.max_steps=12", "train.valid_every=100"],
+                                  resume=True))
+    assert sorted(full) == sorted(resumed) == list(range(1, 13))
+    for step in full:
+        assert abs(full[step] - resumed[step]) <= 1e-6, step
+
+
+def test_resume_across_an_epoch_boundary(tmp_path, prepared_small):
+    """300 pairs at 300 tokens per batch is ~25 batches: 40 updates cross into epoch 2."""
+    full = losses(train_losses(prepared_small, tmp_path / "a", ["train.max_steps=40", "train.valid_every=100"]))
+    train_losses(prepared_small, tmp_path / "b", ["train.max_steps=30", "train.valid_every=100"])
+    resumed = losses(train_losses(prepared_small, tmp_path / "b", ["train.max_steps=40", "train.valid_every=100"],
+                                  resume=True))
+    assert all(abs(full[s] - resumed[s]) <= 1e-6 for s in full)
+
+
+def test_resume_without_last_is_an_error(tmp_path, prepared_small):
+    from nmt.errors import NmtError
+
+    with pytest.raises(NmtError, match="nothing to resume"):
+        Trainer(load_config(None, [f'data.dir="{prepared_small}"', *TINY]), tmp_path / "x", resume=True)
+
+
+def test_nan_loss_stops_or_skips(tmp_path, prepared_small, monkeypatch):
+    from nmt.errors import NmtError
+    import nmt.train
+
+    real = nmt.train.label_smoothed_nll
+
+    def poisoned(logits, target, eps):
+        loss, nll = real(logits, target, eps)
+        return loss * float("nan"), nll
+
+    monkeypatch.setattr(nmt.train, "label_smoothed_nll", poisoned)
+    with pytest.raises(NmtError, match="loss became nan"):
+        train_losses(prepared_small, tmp_path / "a", ["train.max_steps=3"])
+    assert not (tmp_path / "a" / "best.pt").exists()
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=3", 'train.nan_policy="skip"',
+                             "train.max_epochs=1"])
+    result = Trainer(cfg, tmp_path / "b", log=lambda m: None).run()
+    assert result["step"] == 0
+
+
+def run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "nmt_cli.main", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigint_saves_last_and_resume_continues(tmp_path, prepared_small):
+    out = tmp_path / "run"
+    args = ["train", "-d", prepared_small, "-o", out] + [a for kv in TINY for a in ("--set", kv)] + [
+        "--set", "train.max_steps=100000", "--set", "train.valid_every=100000"]
+    p = run_cli(args)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.time() < deadline and p.poll() is None, p.stderr.read() if p.poll() is not None else "timeout"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "--resume" in err
+    ckpt = load_checkpoint(out / "last.pt")
+    step = ckpt["meta"]["step"]
+    assert step >= 3
+    p = run_cli(args[:-4] + ["--set", f"train.max_steps={step + 2}", "--set", "train.valid_every=100000", "--resume"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert load_checkpoint(out / "last.pt")["meta"]["step"] == step + 2
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, prepared_small):
+    """2 gloo ranks x 1 batch == 1 process x 2 accumulated batches (same global batch, no dropout)."""
+    common = [f'data.dir="{prepared_small}"', *TINY, "model.dropout=0.0", "train.max_steps=4", "train.valid_every=4"]
+    single = losses(train_losses(prepared_small, tmp_path / "one", [*common[1:], "train.accumulate=2"]))
+    sets = [a for kv in common for a in ("--set", kv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "nmt_cli.main", "train", "-o", str(tmp_path / "two"), *sets]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = losses([json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()])
+    assert sorted(two) == [1, 2, 3, 4]
+    for s in two:
+        assert abs(two[s] - single[s]) < 1e-4, (s, two[s], single[s])
+    assert (tmp_path / "two" / "best.pt").exists()
+
+
+@pytest.mark.slow
+def test_kill_nine_ten_times(prepared_small):
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "kill_resume.py"
+    r = subprocess.run([sys.executable, str(script), "--data", str(prepared_small), "--kills", "10"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
