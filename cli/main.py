@@ -14,6 +14,7 @@ import typer
 
 from nmt import __version__
 from nmt_cli import common
+from nmt_cli.attention import attention
 from nmt_cli.evaluate import evaluate
 from nmt_cli.info import info
 from nmt_cli.prepare import prepare
@@ -47,7 +48,7 @@ def main(
     common.VERBOSE["on"] = verbose
 
 
-for command in (prepare, train, translate, evaluate, info, quickstart):
+for command in (prepare, train, translate, evaluate, info, attention, quickstart):
     app.command(no_args_is_help=command.__name__ not in ("translate", "quickstart"))(command)
 
 

@@ -22,12 +22,19 @@ def translate(
     n_best: Annotated[int, typer.Option(min=1, help="Print the n best: text<TAB>score, repeated, on one line.")] = 1,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read and translated at a time.")] = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    attention: Annotated[Optional[Path], typer.Option(help="Write attention heatmaps (SVG) and index.html here.")] = None,
+    encoder_attention: Annotated[bool, typer.Option(help="With --attention: also draw encoder self-attention.")] = False,
+    alignments: Annotated[Optional[str], typer.Option(help="Pharaoh word alignments to FILE, or '-' for a TAB column.")] = None,
+    attention_stats: Annotated[Optional[Path], typer.Option(help="Attention statistics as JSON lines to this file.")] = None,
+    align_layer: Annotated[int, typer.Option(help="Layer whose attention gives alignments/stats (-1 = last).")] = -1,
+    align_heads: Annotated[Optional[str], typer.Option(help="Heads to average for alignments, e.g. 0,2 (default all).")] = None,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 
         echo 'Ein Hund läuft.' | nmt translate -m runs/de-en/best.pt
         nmt translate -m best.pt -i test.de -o test.en --beam 5
         nmt translate -m best.pt -i test.de --n-best 3
+        nmt translate -m best.pt -i few.de --attention pics/ --alignments few.align --attention-stats stats.jsonl
     """
     import torch
 
@@ -41,19 +48,45 @@ def translate(
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
+        report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
+                         net, dev)
         src = open(input, "rb") if input else sys.stdin.buffer
         out = open(output, "w", encoding="utf-8", newline="\n") if output else sys.stdout
         try:
             with torch.inference_mode():
                 for lines in read_chunks(src, chunk_lines, err):
-                    hyps = tr.hypotheses(lines)
-                    if n_best > 1:
-                        out.write("".join(tr.format_nbest(h) + "\n" for h in hyps))
-                    else:
-                        out.write("".join((vocab.decode(h[0].tokens) if h else "") + "\n" for h in hyps))
+                    hyps = tr.hypotheses(lines, need_attention=report.wanted)
+                    texts = [tr.format_nbest(h) if n_best > 1 else (vocab.decode(h[0].tokens) if h else "") for h in hyps]
+                    if report.wanted:
+                        aligned = report.add(lines, hyps)
+                        if alignments == "-":
+                            texts = [f"{t}\t{a}" for t, a in zip(texts, aligned)]
+                    out.write("".join(t + "\n" for t in texts))
                     out.flush()
+            page = report.close()
+            if page:
+                err(f"attention pictures: {page}")
         finally:
+            for f in (report.alignments, report.stats):
+                if f is not None and f is not sys.stdout:
+                    f.close()
             if input:
                 src.close()
             if output:
                 out.close()
+
+
+def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, device):
+    from nmt.errors import NmtError
+    from nmt.report import AttentionReport, encoder_self_attention
+
+    try:
+        head_list = [int(h) for h in heads.split(",")] if heads else None
+    except ValueError:
+        raise NmtError(f"--align-heads expects comma-separated head numbers, got {heads!r}") from None
+    align_file = None if alignments in (None, "-") else open(alignments, "w", encoding="utf-8")
+    return AttentionReport(
+        vocab, picture_dir=pictures, alignments=align_file, stats=open(stats, "w") if stats else None,
+        layer=layer, heads=head_list, encoder_attention=encoder_self_attention(model, vocab, device) if encoder else None,
+        inline_alignments=alignments == "-",
+    )

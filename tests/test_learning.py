@@ -35,7 +35,7 @@ def collate(pairs):
     return src, tin, tout
 
 
-def train_and_score(model, reverse: bool, steps: int, lr: float = 3e-3) -> float:
+def train_and_score(model, reverse: bool, steps: int, lr: float = 3e-3, diagonal: list | None = None) -> float:
     torch.manual_seed(0)
     data = make_task(3000, reverse, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -51,7 +51,13 @@ def train_and_score(model, reverse: bool, steps: int, lr: float = 3e-3) -> float
     model.eval()
     test = make_task(200, reverse, seed=2)
     src, _, _ = collate(test)
-    hyps = greedy_search(model, src)
+    hyps = greedy_search(model, src, need_attention=diagonal is not None)
+    if diagonal is not None:  # share of output tokens whose argmax attention is the same position
+        from nmt.alignment import pharaoh, select_heads
+
+        links = [pharaoh(select_heads(h[0].attention)[:-1, :-1]) for h in hyps]
+        pairs = [tuple(map(int, l.split("-"))) for line in links for l in line.split()]
+        diagonal.append(sum(s == t for s, t in pairs) / max(len(pairs), 1))
     return sum(h[0].tokens == y for h, (_, y) in zip(hyps, test)) / len(test)
 
 
@@ -67,4 +73,6 @@ def test_lstm_learns_copy(score):
     torch.set_num_threads(1)
     m = build_model("lstm", LSTMConfig(vocab_size=V, embed_size=48, hidden_size=48, encoder_layers=1,
                                        decoder_layers=1, dropout=0.0, score=score))
-    assert train_and_score(m, reverse=False, steps=300, lr=1e-2) >= 0.9
+    diagonal = []
+    assert train_and_score(m, reverse=False, steps=300, lr=1e-2, diagonal=diagonal) >= 0.9
+    assert diagonal[0] >= 0.9  # a monotone task: the alignment from attention is the diagonal

@@ -1,0 +1,94 @@
+"""What `nmt translate` writes besides translations: attention pictures, alignments, statistics.
+
+Everything comes from the attention of the hypothesis that was printed (beam search follows the
+back-pointers of the attention too), never from a separate greedy pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from nmt.alignment import attention_stats, merge_to_words, pharaoh, select_heads
+from nmt.search import Hypothesis
+from nmt.visualize import attention_figures, write_attention_page
+
+
+@dataclass
+class AttentionReport:
+    """Collects pictures (written at :meth:`close`) and streams alignments/stats per chunk."""
+
+    vocab: object
+    picture_dir: Path | None = None
+    alignments: TextIO | None = None
+    stats: TextIO | None = None
+    layer: int = -1
+    heads: list[int] | None = None
+    threshold: float = 0.5
+    encoder_attention: object = None  # callable(line) -> (L, H, S, S) or None
+    inline_alignments: bool = False  # alignments go into a TAB column of the translation output
+    items: list = field(default_factory=list)
+    line_no: int = 0
+
+    @property
+    def wanted(self) -> bool:
+        return self.inline_alignments or any(x is not None for x in (self.picture_dir, self.alignments, self.stats))
+
+    def add(self, lines: list[str], hyps: list[list[Hypothesis]]) -> list[str]:
+        """Handle one chunk; returns the Pharaoh string per line ("" for empty lines)."""
+        aligned = []
+        for line, h in zip(lines, hyps):
+            aligned.append(self._one(line, h[0]) if h else "")
+            if not h and self.stats:
+                self.stats.write(json.dumps({"line": self.line_no + 1}) + "\n")
+            self.line_no += 1
+        if self.alignments:
+            self.alignments.write("".join(a + "\n" for a in aligned))
+            self.alignments.flush()
+        return aligned
+
+    def _one(self, line: str, hyp: Hypothesis) -> str:
+        from nmt.translate import clean_line
+
+        src_ids = self.vocab.encode([clean_line(line)])[0]
+        src_ids = src_ids[: hyp.attention.shape[-1] - 1]
+        src_pieces, tgt_pieces = self.vocab.pieces(src_ids), self.vocab.pieces(hyp.tokens)
+        att = hyp.attention  # (T+1, L, H, S+1), EOS row and column included
+        chosen = select_heads(att, self.layer, self.heads)[:-1, :-1]  # (T, S) without EOS
+        word_att = merge_to_words(chosen, src_pieces, tgt_pieces)
+        if self.stats:
+            record = {"line": self.line_no + 1, **attention_stats(word_att, self.threshold)}
+            self.stats.write(json.dumps(record) + "\n")
+        if self.picture_dir is not None:
+            labels_src, labels_tgt = src_pieces + ["</s>"], tgt_pieces + ["</s>"]
+            figures = attention_figures(att, labels_src, labels_tgt)
+            enc = self.encoder_attention(line) if self.encoder_attention is not None else None
+            if enc is not None:  # (L, H, S, S): rows and columns are both source pieces
+                figures += [(f"encoder.layer{l + 1}.avg", enc[l].mean(0), labels_src, labels_src)
+                            for l in range(enc.shape[0])]
+            self.items.append({"index": self.line_no, "source": line, "output": self.vocab.decode(hyp.tokens),
+                               "score": hyp.score, "figures": figures})
+        return pharaoh(word_att)
+
+    def close(self) -> Path | None:
+        if self.picture_dir is None:
+            return None
+        return write_attention_page(self.picture_dir, self.items)
+
+
+def encoder_self_attention(model, vocab, device):
+    """A function line -> encoder self-attention ``(L, H, S, S)`` for models that expose it."""
+    from nmt.translate import clean_line
+    from nmt.vocab import EOS_ID
+
+    @torch.inference_mode()
+    def run(line: str):
+        ids = vocab.encode([clean_line(line)])[0] + [EOS_ID]
+        enc = model.encode(torch.tensor([ids], device=device), need_attention=True)
+        return enc["self_attn"][0].float().cpu() if "self_attn" in enc else None
+
+    return run
