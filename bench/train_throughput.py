@@ -1,0 +1,100 @@
+"""Training throughput: steady-state target tokens/s, peak RSS and model FLOPs utilisation.
+
+    python bench/train_throughput.py --data prepared/de-en                 # Transformer + LSTM, fp32 + bf16
+    python bench/train_throughput.py --data prepared/de-en --models transformer --amp none --updates 30
+
+Each (model, amp) pair runs in its own subprocess (so peak RSS is its own): it times ``--updates``
+real updates of the training loop (``Trainer.update``) after ``--warmup`` untimed ones, on the
+Multi30k batches of the configs in ``configs/``. MFU = achieved training FLOP/s / the fp32 GEMM
+peak measured in the same process (a 2048^3 matmul loop); FLOPs are counted by
+``torch.utils.flop_counter`` on one real update (forward + backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb, table, write_json  # noqa: E402
+
+CONFIGS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
+
+
+def gemm_peak(seconds: float = 3.0) -> float:
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 2048**3 * n / (time.perf_counter() - t0)
+
+
+def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nmt.config import load_config
+    from nmt.data import epoch_batches
+    from nmt.train import Trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(Path(CONFIGS[model]), [f'data.dir="{data}"', f'train.amp="{amp}"', "train.threads=0"])
+    tr = Trainer(cfg, Path("/tmp/nmt-bench-unused"), log=lambda m: None)
+    batches = epoch_batches(tr.train_data, cfg.train.batch_tokens, seed=1, epoch=0)
+    groups = [[tr.train_data.collate(b)] for b in batches[: warmup + updates + 1]]
+    with FlopCounterMode(display=False) as counter:
+        tr.update(groups[0])
+    flops_per_token = counter.get_total_flops() / groups[0][0].target_tokens
+    for g in groups[1 : warmup + 1]:
+        tr.update(g)
+    tokens, t0 = 0, time.perf_counter()
+    for g in groups[warmup + 1 :]:
+        tokens += tr.update(g)[2]
+    seconds = time.perf_counter() - t0
+    tok_s = tokens / seconds
+    peak = gemm_peak()
+    return {"model": model, "amp": amp, "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in tr.model.parameters()), "updates": updates,
+            "tgt_tok_s": tok_s, "train_gflop_s": flops_per_token * tok_s / 1e9,
+            "gemm_peak_gflop_s": peak / 1e9, "mfu": flops_per_token * tok_s / peak, "peak_rss_mb": peak_rss_mb()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="prepared/de-en")
+    ap.add_argument("--models", nargs="+", default=["transformer", "lstm"], choices=list(CONFIGS))
+    ap.add_argument("--amp", nargs="+", default=["none", "bf16"])
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--updates", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="bench/results/train_throughput.json")
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "AMP"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(*args.one, args.data, args.warmup, args.updates, args.threads)))
+        return 0
+    rows = []
+    for model in args.models:
+        for amp in args.amp:
+            cmd = [sys.executable, __file__, "--one", model, amp, "--data", args.data, "--warmup", str(args.warmup),
+                   "--updates", str(args.updates), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    print(table(rows, ["model", "amp", "threads", "params", "tgt_tok_s", "train_gflop_s", "gemm_peak_gflop_s", "mfu",
+                       "peak_rss_mb"]))
+    write_json(args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
