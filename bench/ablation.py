@@ -55,8 +55,7 @@ def run(setting: dict, args) -> dict:
     valid = [r for r in records if r["kind"] == "valid"][-1]
     ev = subprocess.run([sys.executable, "-m", "nmt_cli.main", "evaluate", "-m", str(out / "best.pt"), "--src",
                          f"{args.data}/test.src", "--ref", f"{args.data}/test.ref", "--json"],
-                        check=True, capture_output=True, text=True, env={"OMP_NUM_THREADS": str(args.threads or 2),
-                                                                          **__import__("os").environ})
+                        check=True, capture_output=True, text=True)
     info = subprocess.run([sys.executable, "-m", "nmt_cli.main", "info", str(out / "best.pt")], capture_output=True,
                           text=True).stdout
     params = int(info.split("lstm, ")[1].split(" parameters")[0].replace(",", ""))

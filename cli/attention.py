@@ -16,6 +16,7 @@ def attention(
 ) -> None:
     """Translate one sentence and show its attention in the terminal (space = 0, █ = 1).
 
+    \b
         nmt attention -m runs/de-en/best.pt "Ein Hund läuft über die Wiese."
     """
     from nmt.alignment import select_heads

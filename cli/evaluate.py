@@ -26,6 +26,7 @@ def evaluate(
 ) -> None:
     """Score translations with sacreBLEU (BLEU and chrF, with signatures).
 
+    \b
         nmt evaluate --hyp out.en --ref test.en
         nmt evaluate -m runs/de-en/best.pt --src test.de --ref test.en --json
     """

@@ -12,6 +12,7 @@ from nmt_cli.common import guard
 def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (best.pt, last.pt).")]) -> None:
     """Describe a checkpoint: model kind, parameters, config, vocabulary, step, valid BLEU.
 
+    \b
         nmt info runs/de-en/best.pt
     """
     from nmt.checkpoint import load_checkpoint

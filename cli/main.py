@@ -1,5 +1,6 @@
-"""``nmt``: neural machine translation from raw parallel text to BLEU, in four commands.
+"""nmt: neural machine translation from raw parallel text to BLEU, in four commands.
 
+\b
     nmt prepare  --corpus multi30k --src-lang de --tgt-lang en -o prepared/de-en
     nmt train    -c configs/transformer.toml -o runs/de-en
     nmt translate -m runs/de-en/best.pt < input.de > output.en

@@ -30,10 +30,12 @@ def prepare(
 
     Either name a corpus (resolved from $NMT_DATA_HOME, else downloaded):
 
+    \b
         nmt prepare --corpus multi30k --src-lang de --tgt-lang en -o prepared/de-en
 
     or give files (valid/test are optional):
 
+    \b
         nmt prepare --train-src train.de --train-tgt train.en --valid-src val.de --valid-tgt val.en -o prepared/de-en
     """
     from nmt.corpora import corpus_file

@@ -19,6 +19,7 @@ def train(
 ) -> None:
     """Train a model on a prepared folder; writes best.pt (by valid BLEU) and last.pt.
 
+    \b
         nmt train -c configs/transformer.toml -d prepared/de-en -o runs/de-en
         nmt train -c configs/transformer.toml -o runs/de-en --set train.max_minutes=20 --set model.dropout=0.3
         nmt train -c configs/transformer.toml -o runs/de-en --resume

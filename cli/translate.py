@@ -31,6 +31,7 @@ def translate(
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 
+    \b
         echo 'Ein Hund läuft.' | nmt translate -m runs/de-en/best.pt
         nmt translate -m best.pt -i test.de -o test.en --beam 5
         nmt translate -m best.pt -i test.de --n-best 3
