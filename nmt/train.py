@@ -23,7 +23,7 @@ import torch
 
 from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from nmt.config import RunConfig
-from nmt.data import ParallelIds, epoch_batches
+from nmt.data import Batch, ParallelIds, epoch_batches
 from nmt.distributed import Dist
 from nmt.errors import NmtError
 from nmt.loss import label_smoothed_nll
@@ -183,6 +183,8 @@ class Trainer:
         tokens = self.dist.sum(sum(b.target_tokens for b in batches))
         loss_total, nll_total = 0.0, 0.0
         for i, batch in enumerate(batches):
+            if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+                batch = Batch(*(t.pin_memory() for t in (batch.src, batch.tgt_in, batch.tgt_out)))
             batch = batch.to(self.device, non_blocking=True)
             sync = self.dist.no_sync(self.ddp_model) if i < len(batches) - 1 else nullcontext()
             with sync:

@@ -116,3 +116,20 @@ def test_bad_checkpoint_is_one_line(tmp_path):
     bad.write_text("not a checkpoint")
     r = invoke("translate", "-m", bad, input="x\n")
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "bad.pt" in r.output
+
+
+def test_empty_corpus_and_missing_file(tmp_path):
+    (tmp_path / "a").write_text("\n\n")
+    (tmp_path / "b").write_text("\n\n")
+    r = invoke("prepare", "--train-src", tmp_path / "a", "--train-tgt", tmp_path / "b", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "no usable training pairs" in r.output
+    r = invoke("prepare", "--train-src", tmp_path / "missing", "--train-tgt", tmp_path / "b", "-o", tmp_path / "o")
+    assert r.exit_code != 0 and "does not exist" in r.output
+    r = invoke("train", "-d", tmp_path / "nowhere", "-o", tmp_path / "r")
+    assert r.exit_code == 1 and "run `nmt prepare` first" in r.output
+
+
+def test_verbose_shows_traceback(tmp_path):
+    (tmp_path / "bad.pt").write_text("x")
+    r = runner.invoke(app, ["-v", "info", str(tmp_path / "bad.pt")])
+    assert r.exit_code != 0 and r.exception is not None
