@@ -17,6 +17,7 @@ def translate(
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy).")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Sentences per decoding batch.")] = 128,
     length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha (0 = none).")] = 0.6,
+    coverage_penalty: Annotated[float, typer.Option(help="GNMT coverage penalty beta (0 = off).")] = 0.0,
     max_len_a: Annotated[float, typer.Option(help="Output length limit: a * source length + b.")] = 1.5,
     max_len_b: Annotated[int, typer.Option(help="Output length limit: a * source length + b.")] = 10,
     n_best: Annotated[int, typer.Option(min=1, help="Print the n best: text<TAB>score, repeated, on one line.")] = 1,
@@ -47,7 +48,8 @@ def translate(
         dev = pick_device(device)
         net, vocab = model_from_checkpoint(load_checkpoint(model))
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
-                             n_best=min(n_best, beam), batch_size=batch_size)
+                             n_best=min(n_best, beam), batch_size=batch_size,
+                             coverage_penalty=coverage_penalty)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)

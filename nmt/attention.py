@@ -150,7 +150,7 @@ class RecurrentAttention(nn.Module):
     """
 
     def __init__(self, score: str, query_dim: int, key_dim: int, heads: int = 1, separate_values: bool = False,
-                 hidden: int | None = None):
+                 hidden: int | None = None, features: int = 0):
         super().__init__()
         if heads > 1 and (query_dim % heads or key_dim % heads):
             raise ValueError(f"heads ({heads}) must divide the query ({query_dim}) and key ({key_dim}) sizes")
@@ -163,6 +163,10 @@ class RecurrentAttention(nn.Module):
         self.out_proj = nn.Linear(key_dim, key_dim, bias=False) if heads > 1 else None
         q_dim = d_head if heads > 1 else q_head
         self.scores = nn.ModuleList(make_score(score, q_dim, d_head, hidden and hidden // heads) for _ in range(heads))
+        # per-position features (coverage, location): inside the tanh for mlp, a learned bias otherwise
+        self.additive = score == "mlp"
+        width = (hidden // heads if hidden else q_dim) if self.additive else 1
+        self.feature_proj = nn.ModuleList(nn.Linear(features, width, bias=False) for _ in range(heads)) if features else None
         self.out_dim = key_dim
 
     def prepare(self, memory: Tensor) -> dict[str, Tensor]:
@@ -175,19 +179,35 @@ class RecurrentAttention(nn.Module):
         out["att_v"] = values.view(b, s, self.heads, -1).transpose(1, 2)  # (B, N, S, Dh)
         return out
 
-    def forward(self, query: Tensor, prepared: dict[str, Tensor], mask: Tensor,
-                extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _head_scores(self, i: int, q: Tensor, keys: Tensor, features: Tensor | None) -> Tensor:
+        """Scores of head i: q ``(B, 1, Dq)`` -> ``(B, 1, S)``; features ``(B, N, S, F)``."""
+        score = self.scores[i]
+        if features is None:
+            return score(q, keys)
+        f = self.feature_proj[i](features[:, i])  # (B, S, hidden) or (B, S, 1)
+        if self.additive:
+            return score(q, keys, extra=f[:, None])  # v^T tanh(W q + U k + W_f f)
+        return score(q, keys) + f.transpose(1, 2)  # score + w_f . f
+
+    def forward(self, query: Tensor, prepared: dict[str, Tensor], mask: Tensor, features: Tensor | None = None,
+                window: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """query ``(B, Dq)`` -> context ``(B, Dk)`` and weights ``(B, N, S)``.
 
-        ``extra`` ``(B, N, S)`` (optional) is added to every head's scores before the softmax.
+        features ``(B, N, S, F)``: per-position features entering each head's score (coverage,
+        location). window: ``(mask (B, N, S), factor (B, N, S))`` restricts the softmax to a window
+        and multiplies the weights by ``factor`` (local attention, Luong et al. 2015).
         """
         b = query.shape[0]
         q = self.q_proj(query) if self.q_proj is not None else query
         q = q.view(b, self.heads, 1, -1)  # (B, N, 1, Dqh)
-        scores = torch.stack([s(q[:, i], prepared[f"att_k{i}"]) for i, s in enumerate(self.scores)], 1)  # (B, N, 1, S)
-        if extra is not None:
-            scores = scores + extra[:, :, None]
-        context, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, Dh), (B, N, 1, S)
+        scores = torch.stack([self._head_scores(i, q[:, i], prepared[f"att_k{i}"], features)
+                              for i in range(self.heads)], 1)  # (B, N, 1, S)
+        if window is None:
+            context, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, Dh), (B, N, 1, S)
+        else:
+            _, weights = attend(scores, prepared["att_v"], (mask[:, None] & window[0])[:, :, None])
+            weights = weights * window[1][:, :, None]
+            context = weights @ prepared["att_v"]
         context = context.reshape(b, -1)  # (B, N*Dh)
         if self.out_proj is not None:
             context = self.out_proj(context)

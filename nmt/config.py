@@ -40,6 +40,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
+    coverage_loss: float = 0.0  # lambda of See et al.'s coverage loss (0 = off; any model returning attention)
     clip_norm: float = 1.0  # max gradient norm (0 = no clipping)
     max_steps: int = 0  # stop after this many updates (0 = no limit)
     max_epochs: int = 0  # stop after this many epochs (0 = no limit)

@@ -59,3 +59,14 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tupl
     keep = (target != PAD_ID).reshape(-1).float()  # (B*T,) 1 = real token
     loss, nll = _SmoothedCrossEntropy.apply(logits.reshape(-1, v), target.reshape(-1), keep, float(smoothing))
     return loss, nll.detach()
+
+
+def coverage_loss(attention: Tensor, target_mask: Tensor) -> Tensor:
+    """See et al. 2017: ``sum_t sum_i min(a_t,i, c_t,i)`` with ``c_t = sum_{tau<t} a_tau``.
+
+    attention ``(B, T, S)`` (heads/layers already averaged), target_mask ``(B, T)`` True = real
+    step. The coverage is *exclusive* of the current step (including it would make the minimum
+    equal to a_t and the loss a constant). Zero for attention that never returns to a position.
+    """
+    coverage = attention.cumsum(1) - attention  # (B, T, S): exclusive running sum
+    return (torch.minimum(attention, coverage).sum(-1) * target_mask).sum()

@@ -36,6 +36,17 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
     return ((5.0 + length.float()) / 6.0) ** alpha
 
 
+def coverage_penalty(coverage: Tensor, src_mask: Tensor, beta: float) -> Tensor:
+    """GNMT coverage penalty (Wu et al. 2016): ``beta * sum_i log(min(sum_t a_t,i, 1))``.
+
+    coverage ``(..., S)`` is the attention summed over the output steps so far, src_mask ``(..., S)``
+    True = real source position. Source positions never attended are floored at 1e-3 (log = -6.9)
+    instead of -inf. Returns ``(...)``, <= 0; a hypothesis is ranked by ``log P / lp + cp``.
+    """
+    clipped = coverage.clamp(min=1e-3, max=1.0).log()
+    return beta * (clipped * src_mask).sum(-1)
+
+
 def max_lengths(src_mask: Tensor, a: float, b: int) -> Tensor:
     """The longest output allowed per sentence: ``a * |source| + b`` tokens (EOS included). ``(B,)``."""
     return (src_mask.sum(1).float() * a + b).long().clamp(min=1)
@@ -60,11 +71,14 @@ def beam_search(
     alpha: float = 0.6,
     n_best: int = 1,
     need_attention: bool = False,
+    beta: float = 0.0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search. src ``(B, S)`` -> for each sentence its ``n_best`` hypotheses, best first.
 
-    Scores are ``log P / length_penalty(len, alpha)``, with the length counting EOS. With
-    ``beam = 1`` this is exactly greedy search.
+    Scores are ``log P / length_penalty(len, alpha) + coverage_penalty(beta)``, with the length
+    counting EOS. The coverage penalty (beta > 0) works with any model whose ``step`` returns
+    attention (averaged over layers and heads). With ``beam = 1`` and beta = 0 this is exactly
+    greedy search.
     """
     n_best = min(n_best, beam)
     enc = model.encode(src)
@@ -80,10 +94,12 @@ def beam_search(
     tokens = torch.full((n * k,), BOS_ID, dtype=torch.long, device=dev)
     history = torch.zeros(n, k, 0, dtype=torch.long, device=dev)  # (n, k, t)
     attn_hist: Tensor | None = None  # (n, k, t, L, H, S)
+    coverage = torch.zeros(n, k, src.shape[1], device=dev) if beta > 0 else None  # (n, k, S)
+    src_mask = enc["src_mask"]
     results: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]
 
     for t in range(int(limit.max())):
-        logp, state, attn = model.step(tokens, state, need_attention)
+        logp, state, attn = model.step(tokens, state, need_attention or beta > 0)
         logp = logp.view(n, k, -1)  # (n, k, V)
         is_eos = torch.arange(logp.shape[-1], device=dev) == EOS_ID  # (V,)
         at_limit = (t + 1 >= limit[ids])[:, None, None]  # (n, 1, 1): must end now
@@ -93,8 +109,14 @@ def beam_search(
         cand = scores[..., None] + logp  # (n, k, V)
         new_len = lengths + (~finished).long()  # (n, k)
         ranked = cand / length_penalty(new_len, alpha)[..., None]
+        if coverage is not None:  # a finished beam's coverage stays as it was
+            step_attn = attn.float().mean((1, 2)).view(n, k, -1) * (~finished)[..., None]
+            new_cov = coverage + step_attn  # (n, k, S)
+            ranked = ranked + coverage_penalty(new_cov, src_mask[ids][:, None], beta)[..., None]
         _, top = ranked.view(n, -1).topk(k, dim=1)  # (n, k), sorted best first
         parent, tok = top // logp.shape[-1], top % logp.shape[-1]
+        if coverage is not None:
+            coverage = new_cov.gather(1, parent[..., None].expand(-1, -1, new_cov.shape[-1]))
         scores = cand.view(n, -1).gather(1, top)
         lengths = new_len.gather(1, parent)
         finished = finished.gather(1, parent) | (tok == EOS_ID)
@@ -105,12 +127,14 @@ def beam_search(
             attn_hist = a if attn_hist is None else torch.cat([attn_hist[torch.arange(n, device=dev)[:, None], parent], a], 2)
         done = finished[:, :n_best].all(1) | (t + 1 >= limit[ids])  # (n,)
         if done.any():
-            _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len)
+            penalty = coverage_penalty(coverage, src_mask[ids][:, None], beta) if coverage is not None else None
+            _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len, penalty)
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
         if keep.numel() < n:  # drop finished sentences from the batch
             ids, scores, lengths, finished, history = ids[keep], scores[keep], lengths[keep], finished[keep], history[keep]
+            coverage = coverage[keep] if coverage is not None else None
             attn_hist = attn_hist[keep] if attn_hist is not None else None
             rows = rows.view(n, k)[keep].view(-1)
             tok = tok[keep]
@@ -120,9 +144,11 @@ def beam_search(
     return results
 
 
-def _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len) -> None:
+def _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len, penalty=None) -> None:
     """Move the n-best hypotheses of every finished sentence into ``results`` (one sync per batch)."""
     norm = scores / length_penalty(lengths, alpha)
+    if penalty is not None:
+        norm = norm + penalty
     for row in done.nonzero().squeeze(1).tolist():
         order = norm[row].argsort(descending=True)[:n_best].tolist()
         sid = int(ids[row])

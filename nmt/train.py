@@ -26,10 +26,10 @@ from nmt.config import RunConfig
 from nmt.data import Batch, ParallelIds, epoch_batches
 from nmt.distributed import Dist
 from nmt.errors import NmtError
-from nmt.loss import label_smoothed_nll
+from nmt.loss import coverage_loss, label_smoothed_nll
 from nmt.models import build_model
 from nmt.schedules import SCHEDULES
-from nmt.vocab import Vocab
+from nmt.vocab import PAD_ID, Vocab
 
 
 class Stop:
@@ -189,8 +189,11 @@ class Trainer:
             sync = self.dist.no_sync(self.ddp_model) if i < len(batches) - 1 else nullcontext()
             with sync:
                 with autocast(self.device, self.tc.amp):
-                    logits, _ = self.ddp_model(batch.src, batch.tgt_in)
+                    lam = self.tc.coverage_loss
+                    logits, attn = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0)
                     loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.tc.label_smoothing)
+                    if lam > 0:  # attention (B, L, H, T, S) -> averaged over layers and heads
+                        loss = loss + lam * coverage_loss(attn.float().mean((1, 2)), batch.tgt_out != PAD_ID)
                 scaled = loss * self.dist.world / tokens  # DDP averages over ranks: sum / all tokens
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_total += float(loss.detach())

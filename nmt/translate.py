@@ -35,6 +35,7 @@ class SearchOptions:
     max_len_a: float = 1.5  # output length limit = a * source length + b
     max_len_b: int = 10
     n_best: int = 1
+    coverage_penalty: float = 0.0  # GNMT beta (0 = off)
     batch_size: int = 128  # sentences per decoding batch
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
 
@@ -76,7 +77,8 @@ class Translator:
             for row, j in enumerate(chunk):
                 src[row, : len(ids[j])] = torch.tensor(ids[j])
             out = beam_search(self.model, src.to(self.device), self.opt.beam, self.opt.max_len_a,
-                              self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention)
+                              self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention,
+                              self.opt.coverage_penalty)
             for row, j in enumerate(chunk):
                 results[todo[j]] = out[row]
         return results

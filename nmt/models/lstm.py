@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import SCORES, RecurrentAttention
+from nmt.copy import copy_mix
 from nmt.models.dropout import Dropout
 from nmt.vocab import PAD_ID
 
@@ -56,6 +57,13 @@ class LSTMConfig:
     heads: int = 1  # attention heads (each with its own projections when > 1)
     bridge: str = "learned"  # decoder's initial state: learned (from the encoder's final states) | zero
     tie_embeddings: bool = True  # output layer shares the embedding matrix (needs embed_size == hidden_size)
+    # -- the attention family (all off by default; see docs/attention-family.md) --
+    coverage: bool = False  # Tu et al. 2016: c_t = sum_{tau<t} a_tau enters the score (mlp: in the tanh; else a bias)
+    location_filters: int = 0  # Chorowski et al. 2015: conv filters over a_{t-1} entering the score (0 = off)
+    location_width: int = 5  # width of that convolution (odd)
+    local: str = "none"  # Luong et al. 2015 local attention: none | p (predicted centre) | m (centre = t)
+    local_window: int = 5  # D: weights outside [p_t - D, p_t + D] are exactly 0; Gaussian with sigma = D/2
+    copy: bool = False  # See et al. 2017 pointer-generator: mix copied attention into the output distribution
     vocab_size: int = 8000  # filled in from the SentencePiece model at training time
 
     def __post_init__(self):
@@ -68,6 +76,9 @@ class LSTMConfig:
             (not self.tie_embeddings or self.embed_size == self.hidden_size,
              "model.tie_embeddings needs embed_size == hidden_size"),
             (self.heads >= 1 and self.hidden_size % self.heads == 0, "model.heads must divide hidden_size"),
+            (self.local in ("none", "p", "m"), f"model.local must be none, p or m, got {self.local!r}"),
+            (self.location_width % 2 == 1, "model.location_width must be odd"),
+            (self.local_window >= 1, "model.local_window must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -92,7 +103,12 @@ class LSTMModel(nn.Module):
         feed = h if c.input_feeding else 0
         self.decoder = nn.LSTM(c.embed_size + extra + feed, h, c.decoder_layers, batch_first=True,
                                dropout=c.dropout if c.decoder_layers > 1 else 0.0)
-        self.attention = RecurrentAttention(c.score, h, h, c.heads, c.separate_values, c.attention_hidden or h)
+        features = int(c.coverage) + c.location_filters
+        self.attention = RecurrentAttention(c.score, h, h, c.heads, c.separate_values, c.attention_hidden or h, features)
+        self.location = (nn.Conv1d(1, c.location_filters, c.location_width, padding=c.location_width // 2, bias=False)
+                         if c.location_filters else None)
+        self.local_p = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, c.heads)) if c.local == "p" else None
+        self.copy_gate = nn.Linear(2 * h + c.embed_size, 1) if c.copy else None  # p_gen from [c_t; s_t; x_t]
         self.combine = nn.Linear(2 * h, h, bias=False)  # W_c [c_t; s_t]
         self.output = None if c.tie_embeddings else nn.Linear(h, c.vocab_size, bias=False)
 
@@ -109,7 +125,7 @@ class LSTMModel(nn.Module):
             layers = x.shape[0] // 2
             return x.view(layers, 2, x.shape[1], -1).permute(2, 0, 1, 3).reshape(x.shape[1], layers, -1)
 
-        return {"memory": memory, "src_mask": mask, "h_n": merge(h_n), "c_n": merge(c_n)}
+        return {"memory": memory, "src_mask": mask, "h_n": merge(h_n), "c_n": merge(c_n), "src_ids": src}
 
     def init_state(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
         """Batch-first state: h, c ``(B, L, H)``, the attentional vector ``feed`` ``(B, H)``, the
@@ -124,16 +140,55 @@ class LSTMModel(nn.Module):
             h0 = c0 = enc["memory"].new_zeros(b, c.decoder_layers, c.hidden_size)
         state = {"h": h0, "c": c0, "feed": enc["memory"].new_zeros(b, c.hidden_size), "src_mask": enc["src_mask"]}
         state.update(self.attention.prepare(enc["memory"]))
+        zeros = enc["memory"].new_zeros(b, c.heads, enc["memory"].shape[1])  # (B, N, S)
+        if c.coverage:
+            state["coverage"] = zeros  # sum of the attention of all previous steps (exclusive)
+        if c.location_filters:
+            state["prev_attn"] = zeros  # a_{t-1}
+        if c.local != "none":
+            state["t"] = enc["src_mask"].new_zeros(b, dtype=torch.long)
+        if c.copy:
+            state["src_ids"] = enc["src_ids"]
         return state
+
+    def _features(self, state: dict[str, Tensor]) -> Tensor | None:
+        """Per-position features of the score ``(B, N, S, F)``: coverage, location convolution."""
+        feats = []
+        if "coverage" in state:
+            feats.append(state["coverage"][..., None])  # (B, N, S, 1)
+        if self.location is not None:
+            b, n, s = state["prev_attn"].shape
+            conv = self.location(state["prev_attn"].reshape(b * n, 1, s))  # (B*N, K, S)
+            feats.append(conv.view(b, n, -1, s).transpose(2, 3))  # (B, N, S, K)
+        return torch.cat(feats, -1) if feats else None
+
+    def _window(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """Local attention: centre p_t per head, window mask ``|s - p_t| <= D`` and Gaussian factor
+        ``exp(-(s - p_t)^2 / (2 sigma^2))``, sigma = D / 2. local-p: ``p_t = S * sigmoid(v^T tanh(W q))``;
+        local-m: ``p_t = t`` (clamped to the last source position)."""
+        c = self.config
+        if c.local == "none":
+            return None
+        length = state["src_mask"].sum(1, keepdim=True).float()  # (B, 1)
+        if c.local == "p":
+            centre = length * torch.sigmoid(self.local_p(query))  # (B, N)
+        else:
+            centre = torch.minimum(state["t"][:, None].float(), length - 1).expand(-1, c.heads)
+        pos = torch.arange(state["src_mask"].shape[1], device=query.device, dtype=torch.float32)
+        dist = pos[None, None] - centre[..., None]  # (B, N, S)
+        sigma = c.local_window / 2
+        return dist.abs() <= c.local_window, torch.exp(-dist**2 / (2 * sigma**2))
 
     def _attend(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         prepared = {k: v for k, v in state.items() if k.startswith("att_")}
-        return self.attention(query, prepared, state["src_mask"])  # (B, H), (B, N, S)
+        return self.attention(query, prepared, state["src_mask"], self._features(state), self._window(query, state))
 
-    def _decode(self, tokens: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """One step up to the attentional vector h~_t ``(B, H)``; also the new state and weights."""
+    def _decode(self, tokens: Tensor, state: dict[str, Tensor]):
+        """One step up to the attentional vector h~_t ``(B, H)``. Returns h~_t, the new state, the
+        weights ``(B, N, S)`` and p_gen ``(B, 1)`` (None without copy)."""
         c = self.config
-        parts = [self.drop(self.embed(tokens))]  # (B, E)
+        emb = self.drop(self.embed(tokens))  # (B, E)
+        parts = [emb]
         if c.attention_position == "before":
             context, weights = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
             parts.append(context)
@@ -146,27 +201,42 @@ class LSTMModel(nn.Module):
             context, weights = self._attend(s_t, state)  # query: s_t
         feed = torch.tanh(self.combine(torch.cat([context, s_t], -1)))  # h~_t (B, H)
         new = {**state, "h": h.transpose(0, 1), "c": cell.transpose(0, 1), "feed": feed}
-        return feed, new, weights
+        if "coverage" in state:
+            new["coverage"] = state["coverage"] + weights
+        if "prev_attn" in state:
+            new["prev_attn"] = weights
+        if "t" in state:
+            new["t"] = state["t"] + 1
+        p_gen = torch.sigmoid(self.copy_gate(torch.cat([context, s_t, emb], -1))) if self.copy_gate is not None else None
+        return feed, new, weights, p_gen
 
-    def _logits(self, feed: Tensor) -> Tensor:
+    def _output(self, feed: Tensor, weights: Tensor, p_gen: Tensor | None, src_ids: Tensor) -> Tensor:
+        """Logits ``(B, [T,] V)``; with copy, the log of the pointer-generator mixture (which
+        log_softmax leaves unchanged, so it serves as logits for the loss and the search)."""
         x = self.drop(feed)
-        return F.linear(x, self.embed.weight) if self.output is None else self.output(x)
+        logits = F.linear(x, self.embed.weight) if self.output is None else self.output(x)
+        if p_gen is None:
+            return logits
+        mixed = copy_mix(torch.softmax(logits.float(), -1), weights.mean(1), src_ids, p_gen)
+        return torch.log(mixed.clamp_min(1e-12))
 
     def step(self, tokens: Tensor, state: dict[str, Tensor], need_attention: bool = False):
         """tokens ``(B,)`` -> log-probs ``(B, V)``, new state, attention ``(B, 1, N, S)``."""
-        feed, new, weights = self._decode(tokens, state)
-        logp = torch.log_softmax(self._logits(feed).float(), dim=-1)
+        feed, new, weights, p_gen = self._decode(tokens, state)
+        logp = torch.log_softmax(self._output(feed, weights, p_gen, state.get("src_ids")).float(), dim=-1)
         return logp, new, (weights[:, None] if need_attention else None)
 
     def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False):
         """Teacher forcing through :meth:`step`'s own computation: logits ``(B, T, V)`` and
         attention ``(B, 1, N, T, S)``."""
         state = self.init_state(self.encode(src))
-        feeds, weights = [], []
+        feeds, weights, gates = [], [], []
         for t in range(tgt_in.shape[1]):
-            feed, state, w = self._decode(tgt_in[:, t], state)
+            feed, state, w, p_gen = self._decode(tgt_in[:, t], state)
             feeds.append(feed)
             weights.append(w)
-        logits = self._logits(torch.stack(feeds, 1))  # one output projection for all steps
-        attn = torch.stack(weights, 2)[:, None] if need_attention else None  # (B, 1, N, T, S)
-        return logits, attn
+            gates.append(p_gen)
+        attn = torch.stack(weights, 2)  # (B, N, T, S)
+        p_gen = torch.stack(gates, 1) if self.copy_gate is not None else None  # (B, T, 1)
+        logits = self._output(torch.stack(feeds, 1), attn, p_gen, src)  # one output projection for all steps
+        return logits, (attn[:, None] if need_attention else None)

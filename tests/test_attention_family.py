@@ -1,0 +1,195 @@
+"""Coverage, location-aware, local and copy attention: each known pitfall as a test."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_batch
+from nmt.copy import copy_mix
+from nmt.loss import coverage_loss
+from nmt.models import build_model
+from nmt.models.lstm import LSTMConfig
+from nmt.search import beam_search, coverage_penalty
+from test_search import SCRIPT, BigramModel  # noqa: E402
+
+VARIANTS = [dict(coverage=True), dict(coverage=True, score="mlp"), dict(location_filters=4),
+            dict(location_filters=3, score="mlp", heads=2), dict(local="p"), dict(local="m"), dict(copy=True),
+            dict(copy=True, heads=2, coverage=True, local="p", location_filters=2)]
+
+
+def lstm(**kw):
+    cfg = dict(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1, decoder_layers=1, dropout=0.0)
+    cfg.update(kw)
+    return build_model("lstm", LSTMConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "+".join(f"{k}={v}" for k, v in kw.items()))
+def test_incremental_equals_teacher_forcing_and_padding(kw, position):
+    torch.manual_seed(0)
+    m = lstm(attention_position=position, **kw)
+    src, tgt = random_batch()
+    logits, attn = m(src, tgt, need_attention=True)
+    state = m.init_state(m.encode(src))
+    lps = []
+    for t in range(tgt.shape[1]):
+        lp, state, _ = m.step(tgt[:, t], state)
+        lps.append(lp)
+    assert torch.allclose(torch.stack(lps, 1), torch.log_softmax(logits, -1), atol=1e-5)
+    assert (attn[1, ..., -2:] == 0).all()
+    assert len(beam_search(m, src, beam=3, max_len_b=4)) == 3
+
+
+def test_coverage_is_exclusive_and_reaches_the_scorer():
+    torch.manual_seed(0)
+    m = lstm(coverage=True)
+    src, _ = random_batch()
+    state = m.init_state(m.encode(src))
+    assert (state["coverage"] == 0).all()  # c_1 = 0
+    total = torch.zeros_like(state["coverage"])
+    for tok in (2, 5, 6):
+        assert torch.allclose(state["coverage"], total, atol=1e-6)  # c_t = sum of a_tau, tau < t
+        _, new, a = m.step(torch.full((3,), tok), state, need_attention=True)
+        total = total + a[:, 0]
+        base = a
+        bumped = state["coverage"].clone()
+        bumped[..., 0] += 0.7  # a constant shift would cancel in the softmax; bump one position
+        _, _, moved = m.step(torch.full((3,), tok), {**state, "coverage": bumped}, need_attention=True)
+        assert not torch.allclose(base, moved)  # perturbing c_t changes a_t: coverage reaches the score
+        state = new
+
+
+def test_coverage_loss():
+    one_hot = torch.eye(4)[None]  # each position attended once
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    assert coverage_loss(one_hot, mask) == 0
+    repeat = torch.tensor([[[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]]])
+    assert coverage_loss(repeat, torch.ones(1, 3, dtype=torch.bool)) == pytest.approx(1.0)
+    assert coverage_loss(repeat, torch.tensor([[True, False, True]])) == 0
+
+
+def test_coverage_loss_trains(tmp_path, prepared_small):
+    from nmt.config import load_config
+    from nmt.train import Trainer
+
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', 'model.kind="lstm"', "model.embed_size=16",
+                             "model.hidden_size=16", "model.coverage=true", "train.coverage_loss=1.0",
+                             "train.max_steps=2", "train.batch_tokens=300", "train.valid_every=2", "train.valid_beam=1",
+                             "train.valid_max_sentences=3", "train.threads=1"])
+    assert Trainer(cfg, tmp_path, log=lambda m: None).run()["step"] == 2
+
+
+class AttendingBigram(BigramModel):
+    """The scripted bigram model, whose attention over 3 source positions depends on its input token."""
+
+    ATT = {2: [1.0, 0.0, 0.0], 4: [0.0, 1.0, 0.0], 5: [0.0, 0.0, 1.0]}
+
+    def step(self, tokens, state, need_attention=False):
+        logp, new, _ = super().step(tokens, state)
+        a = torch.tensor([self.ATT.get(int(t), [1 / 3] * 3) for t in tokens])
+        return logp, new, a[:, None, None, :]
+
+
+def test_coverage_penalty_formula_and_back_pointers():
+    assert float(coverage_penalty(torch.tensor([0.5, 2.0, 0.0]), torch.tensor([True, True, False]), 0.2)) == \
+        pytest.approx(0.2 * math.log(0.5))
+    m = AttendingBigram(SCRIPT)
+    src = torch.tensor([[7, 8, 3]])
+    for beta in (0.0, 0.3, 5.0):
+        hyps = beam_search(m, src, beam=3, alpha=0.0, beta=beta, n_best=3, max_len_a=0, max_len_b=4)[0]
+        for h in hyps:
+            inputs = [2] + h.tokens  # the attention of each step follows the path's own inputs
+            cov = torch.tensor([m.ATT[t] for t in inputs]).sum(0)
+            logp = sum(float(m.logp[a, b]) for a, b in zip(inputs, h.tokens + [3]))
+            expected = logp + beta * float(cov.clamp(1e-3, 1).log().sum())
+            assert h.score == pytest.approx(expected, abs=1e-5), (beta, h.tokens)
+    # a strong penalty prefers the hypothesis that covers all three source positions: A B EOS
+    # (the attention of a token arrives one step after it is chosen, so the beam must be wide enough)
+    wide = dict(beam=6, alpha=0.0, n_best=3, max_len_a=0, max_len_b=4)
+    assert beam_search(m, src, beta=0.0, **wide)[0][0].tokens == [5]
+    assert beam_search(m, src, beta=5.0, **wide)[0][0].tokens == [4, 5]
+
+
+def test_location_aware_previous_attention_matters_and_no_padding_mass():
+    torch.manual_seed(0)
+    m = lstm(location_filters=4)
+    src, _ = random_batch()
+    state = m.init_state(m.encode(src))
+    prev = torch.rand_like(state["prev_attn"], requires_grad=True)
+    _, _, a = m.step(torch.full((3,), 5), {**state, "prev_attn": prev}, need_attention=True)
+    g = torch.autograd.grad(a[:, 0, 0, 0].sum(), prev)[0]
+    assert g.abs().sum() > 0  # d a_t / d a_{t-1} != 0
+    assert (a[1, ..., -2:] == 0).all()
+
+
+def test_local_window_zero_outside_and_huge_window_is_global():
+    torch.manual_seed(0)
+    src = torch.randint(4, 40, (2, 12))
+    for local in ("p", "m"):
+        m = lstm(local=local, local_window=2)
+        state = m.init_state(m.encode(src))
+        for _ in range(4):
+            _, state, a = m.step(torch.full((2,), 5), state, need_attention=True)
+            nonzero = (a[:, 0, 0] > 0).nonzero()
+            for b in range(2):
+                cols = nonzero[nonzero[:, 0] == b, 1]
+                assert cols.max() - cols.min() <= 4  # within [p_t - D, p_t + D]
+    torch.manual_seed(1)
+    glob = lstm()
+    huge = lstm(local="p", local_window=10_000)
+    huge.load_state_dict({**glob.state_dict(), **{k: v for k, v in huge.state_dict().items() if "local_p" in k}})
+    _, a1 = glob(src, src, need_attention=True)
+    _, a2 = huge(src, src, need_attention=True)
+    assert torch.allclose(a1, a2, atol=1e-5)
+
+
+def test_copy_mix():
+    p_vocab = torch.softmax(torch.randn(2, 10), -1)
+    attn = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    src = torch.tensor([[7, 7, 0], [4, 5, 6]])
+    for g in (0.0, 0.3, 1.0):
+        mixed = copy_mix(p_vocab, attn, src, torch.full((2, 1), g))
+        assert torch.allclose(mixed.sum(-1), torch.ones(2), atol=1e-6)
+    assert torch.allclose(copy_mix(p_vocab, attn, src, torch.ones(2, 1)), p_vocab)
+    copied = copy_mix(p_vocab, attn, src, torch.zeros(2, 1))
+    assert copied[0, 7] == pytest.approx(1.0) and copied[1, 6] == pytest.approx(0.5)  # duplicates accumulate
+
+
+def test_copy_learns_rare_tokens():
+    """Tokens 30-39 never appear in training targets of the vocab part but must be copied; a copy
+    model gets them right far more often than chance."""
+    from test_learning import collate
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(1)
+
+    def pairs(n, low, high):
+        out = []
+        for _ in range(n):
+            x = torch.randint(low, high, (int(torch.randint(3, 6, (1,), generator=g)),), generator=g).tolist()
+            out.append((x, x))
+        return out
+
+    train = pairs(2000, 4, 30) + pairs(60, 30, 40)  # ids 30..39 are rare
+    m = build_model("lstm", LSTMConfig(vocab_size=40, embed_size=32, hidden_size=32, encoder_layers=1,
+                                       decoder_layers=1, dropout=0.0, copy=True, score="dot"))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    from nmt.loss import label_smoothed_nll
+
+    for step in range(250):
+        batch = [train[(step * 64 + i) % len(train)] for i in range(64)]
+        src, tin, tout = collate(batch)
+        loss, _ = label_smoothed_nll(m(src, tin)[0], tout, 0.0)
+        opt.zero_grad()
+        (loss / (tout != 0).sum()).backward()
+        opt.step()
+    m.eval()
+    test = pairs(100, 30, 40)
+    src, _, _ = collate(test)
+    from nmt.search import greedy_search
+
+    hyps = greedy_search(m, src)
+    exact = sum(h[0].tokens == y for h, (_, y) in zip(hyps, test)) / len(test)
+    assert exact >= 0.5
