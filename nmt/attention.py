@@ -189,6 +189,19 @@ class RecurrentAttention(nn.Module):
             return score(q, keys, extra=f[:, None])  # v^T tanh(W q + U k + W_f f)
         return score(q, keys) + f.transpose(1, 2)  # score + w_f . f
 
+    def raw_scores(self, query: Tensor, prepared: dict[str, Tensor], features: Tensor | None = None) -> Tensor:
+        """Unnormalised scores of every head: query ``(B, Dq)`` -> ``(B, N, 1, S)``."""
+        b = query.shape[0]
+        q = self.q_proj(query) if self.q_proj is not None else query
+        q = q.view(b, self.heads, 1, -1)  # (B, N, 1, Dqh)
+        return torch.stack([self._head_scores(i, q[:, i], prepared[f"att_k{i}"], features)
+                            for i in range(self.heads)], 1)  # (B, N, 1, S)
+
+    def mix(self, weights: Tensor, prepared: dict[str, Tensor]) -> Tensor:
+        """Weights ``(B, N, S)`` -> context ``(B, Dk)``: per head sum_s w_s v_s, concatenated (and projected)."""
+        context = (weights[:, :, None] @ prepared["att_v"]).reshape(weights.shape[0], -1)  # (B, N*Dh)
+        return self.out_proj(context) if self.out_proj is not None else context
+
     def forward(self, query: Tensor, prepared: dict[str, Tensor], mask: Tensor, features: Tensor | None = None,
                 window: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """query ``(B, Dq)`` -> context ``(B, Dk)`` and weights ``(B, N, S)``.
@@ -197,18 +210,11 @@ class RecurrentAttention(nn.Module):
         location). window: ``(mask (B, N, S), factor (B, N, S))`` restricts the softmax to a window
         and multiplies the weights by ``factor`` (local attention, Luong et al. 2015).
         """
-        b = query.shape[0]
-        q = self.q_proj(query) if self.q_proj is not None else query
-        q = q.view(b, self.heads, 1, -1)  # (B, N, 1, Dqh)
-        scores = torch.stack([self._head_scores(i, q[:, i], prepared[f"att_k{i}"], features)
-                              for i in range(self.heads)], 1)  # (B, N, 1, S)
+        scores = self.raw_scores(query, prepared, features)  # (B, N, 1, S)
         if window is None:
-            context, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, Dh), (B, N, 1, S)
+            _, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, S)
         else:
             _, weights = attend(scores, prepared["att_v"], (mask[:, None] & window[0])[:, :, None])
             weights = weights * window[1][:, :, None]
-            context = weights @ prepared["att_v"]
-        context = context.reshape(b, -1)  # (B, N*Dh)
-        if self.out_proj is not None:
-            context = self.out_proj(context)
-        return context, weights[:, :, 0]
+        weights = weights[:, :, 0]
+        return self.mix(weights, prepared), weights

@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import SCORES, RecurrentAttention
 from nmt.copy import copy_mix
+from nmt.monotonic import chunkwise, expected_alignment, hard_alignment
 from nmt.models.dropout import Dropout
 from nmt.vocab import PAD_ID
 
@@ -64,6 +65,9 @@ class LSTMConfig:
     local: str = "none"  # Luong et al. 2015 local attention: none | p (predicted centre) | m (centre = t)
     local_window: int = 5  # D: weights outside [p_t - D, p_t + D] are exactly 0; Gaussian with sigma = D/2
     copy: bool = False  # See et al. 2017 pointer-generator: mix copied attention into the output distribution
+    monotonic: bool = False  # Raffel et al. 2017: expected alignment in training, hard left-to-right scan in eval
+    monotonic_chunk: int = 0  # MoChA (Chiu & Raffel 2018): softmax over the chunk of w positions ending at the stop
+    monotonic_noise: float = 1.0  # std of the Gaussian noise added to the energies in training (pushes p to 0/1)
     vocab_size: int = 8000  # filled in from the SentencePiece model at training time
 
     def __post_init__(self):
@@ -79,6 +83,7 @@ class LSTMConfig:
             (self.local in ("none", "p", "m"), f"model.local must be none, p or m, got {self.local!r}"),
             (self.location_width % 2 == 1, "model.location_width must be odd"),
             (self.local_window >= 1, "model.local_window must be >= 1"),
+            (not (self.monotonic and self.local != "none"), "model.monotonic and model.local exclude each other"),
         ]
         for ok, message in checks:
             if not ok:
@@ -109,6 +114,7 @@ class LSTMModel(nn.Module):
                          if c.location_filters else None)
         self.local_p = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, c.heads)) if c.local == "p" else None
         self.copy_gate = nn.Linear(2 * h + c.embed_size, 1) if c.copy else None  # p_gen from [c_t; s_t; x_t]
+        self.mono_bias = nn.Parameter(torch.zeros(1)) if c.monotonic else None  # r in p = sigmoid(e + r)
         self.combine = nn.Linear(2 * h, h, bias=False)  # W_c [c_t; s_t]
         self.output = None if c.tie_embeddings else nn.Linear(h, c.vocab_size, bias=False)
 
@@ -149,6 +155,10 @@ class LSTMModel(nn.Module):
             state["t"] = enc["src_mask"].new_zeros(b, dtype=torch.long)
         if c.copy:
             state["src_ids"] = enc["src_ids"]
+        if c.monotonic:
+            state["mono_prev"] = zeros.clone()
+            state["mono_prev"][..., 0] = 1.0  # alpha_0: everything at the first position
+            state["mono_pos"] = enc["src_mask"].new_zeros(b, c.heads, dtype=torch.long)
         return state
 
     def _features(self, state: dict[str, Tensor]) -> Tensor | None:
@@ -179,9 +189,24 @@ class LSTMModel(nn.Module):
         sigma = c.local_window / 2
         return dist.abs() <= c.local_window, torch.exp(-dist**2 / (2 * sigma**2))
 
-    def _attend(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _attend(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Context ``(B, H)``, weights ``(B, N, S)`` and the state entries this attention updates."""
         prepared = {k: v for k, v in state.items() if k.startswith("att_")}
-        return self.attention(query, prepared, state["src_mask"], self._features(state), self._window(query, state))
+        features = self._features(state)
+        if not self.config.monotonic:
+            context, weights = self.attention(query, prepared, state["src_mask"], features, self._window(query, state))
+            return context, weights, {}
+        c, mask = self.config, state["src_mask"]
+        energies = self.attention.raw_scores(query, prepared, features)[:, :, 0] + self.mono_bias  # (B, N, S)
+        if self.training:
+            noisy = energies + c.monotonic_noise * torch.randn_like(energies) if c.monotonic_noise else energies
+            alpha = expected_alignment(torch.sigmoid(noisy), state["mono_prev"], mask)
+            updates = {"mono_prev": alpha}
+        else:
+            alpha, pos = hard_alignment(torch.sigmoid(energies), state["mono_pos"], mask)
+            updates = {"mono_prev": alpha, "mono_pos": pos}
+        weights = chunkwise(alpha, energies, mask, c.monotonic_chunk) if c.monotonic_chunk else alpha
+        return self.attention.mix(weights, prepared), weights, updates
 
     def _decode(self, tokens: Tensor, state: dict[str, Tensor]):
         """One step up to the attentional vector h~_t ``(B, H)``. Returns h~_t, the new state, the
@@ -190,7 +215,7 @@ class LSTMModel(nn.Module):
         emb = self.drop(self.embed(tokens))  # (B, E)
         parts = [emb]
         if c.attention_position == "before":
-            context, weights = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
+            context, weights, updates = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
             parts.append(context)
         if c.input_feeding:
             parts.append(state["feed"])
@@ -198,9 +223,9 @@ class LSTMModel(nn.Module):
         out, (h, cell) = self.decoder(torch.cat(parts, -1)[:, None], hc)
         s_t = out[:, 0]  # (B, H)
         if c.attention_position == "after":
-            context, weights = self._attend(s_t, state)  # query: s_t
+            context, weights, updates = self._attend(s_t, state)  # query: s_t
         feed = torch.tanh(self.combine(torch.cat([context, s_t], -1)))  # h~_t (B, H)
-        new = {**state, "h": h.transpose(0, 1), "c": cell.transpose(0, 1), "feed": feed}
+        new = {**state, **updates, "h": h.transpose(0, 1), "c": cell.transpose(0, 1), "feed": feed}
         if "coverage" in state:
             new["coverage"] = state["coverage"] + weights
         if "prev_attn" in state:
