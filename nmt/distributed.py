@@ -57,22 +57,21 @@ class Dist:
         return model.no_sync() if self.enabled else nullcontext()
 
     def sum(self, value: int) -> int:
-        if not self.enabled:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.long, device=self.device)
-        dist.all_reduce(t)
-        return int(t)
+        """Sum an integer over all ranks."""
+        return int(self._all_reduce(value, torch.long))
 
     def sum_float(self, value: float) -> float:
+        """Sum a float over all ranks (in float64)."""
+        return float(self._all_reduce(value, torch.float64))
+
+    def _all_reduce(self, value, dtype):
         if not self.enabled:
             return value
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        t = torch.tensor([value], dtype=dtype, device=self.device)
         dist.all_reduce(t)
-        return float(t)
+        return t.item()
 
     def any(self, flag: bool) -> bool:
         return self.sum(int(bool(flag))) > 0
