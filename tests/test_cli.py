@@ -133,3 +133,30 @@ def test_verbose_shows_traceback(tmp_path):
     (tmp_path / "bad.pt").write_text("x")
     r = runner.invoke(app, ["-v", "info", str(tmp_path / "bad.pt")])
     assert r.exit_code != 0 and r.exception is not None
+
+
+LSTM_SWITCHES = [
+    ["model.score=\"dot\"", "model.attention_position=\"after\"", "model.input_feeding=true"],
+    ["model.score=\"general\"", "model.separate_values=true", "model.heads=4"],
+    ["model.score=\"mlp\"", "model.attention_position=\"before\"", "model.input_feeding=false"],
+    ["model.score=\"scaled_dot\"", "model.attention_position=\"before\"", "model.heads=4", "model.separate_values=true"],
+    ["model.coverage=true", "model.location_filters=2", "model.copy=true", "train.coverage_loss=0.5"],
+    ["model.local=\"p\"", "model.score=\"mlp\""],
+    ["model.monotonic=true", "model.monotonic_chunk=2"],
+]
+
+
+@pytest.mark.parametrize("switches", LSTM_SWITCHES, ids=lambda s: "+".join(x.split("=")[0][6:] + "=" + x.split("=")[1].strip('"') for x in s))
+def test_lstm_switches_train_translate_evaluate(tmp_path, prepared_small, switches):
+    run = tmp_path / "run"
+    sets = ['model.kind="lstm"', "model.embed_size=16", "model.hidden_size=16", "model.encoder_layers=1",
+            "model.decoder_layers=1", "train.max_steps=2", "train.valid_every=2", "train.batch_tokens=400",
+            "train.valid_beam=2", "train.valid_max_sentences=5", "train.threads=1", *switches]
+    r = invoke("train", "-d", prepared_small, "-o", run, *[a for s in sets for a in ("--set", s)])
+    assert r.exit_code == 0, r.output
+    r = invoke("translate", "-m", run / "best.pt", "--beam", 3, input="Ein Hund läuft.\n\nZwei Männer.\n")
+    assert r.exit_code == 0 and r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == ""
+    r = invoke("evaluate", "-m", run / "best.pt", "--src", prepared_small / "test.src", "--ref",
+               prepared_small / "test.ref", "--beam", 2, "--json")
+    assert r.exit_code == 0, r.output
+    assert "bleu" in json.loads(r.stdout)
