@@ -50,6 +50,13 @@ class Stop:
         signal.signal(signal.SIGTERM, handler)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -255,12 +262,13 @@ class Trainer:
                         rate = window_tokens / max(time.time() - window_start, 1e-9)
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr_at(self.step):.2e}", tok_s=f"{rate:.0f}",
-                                        epoch=self.epoch + 1)
+                                        epoch=self.epoch + 1, **self._time_left())
                         if metrics and self.step % self.tc.log_every == 0:
                             metrics.write(json.dumps({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
                                                       "loss": loss, "ppl": math.exp(min(nll, 50)),
                                                       "lr": self.lr_at(self.step), "tgt_tok_s": round(rate, 1),
-                                                      "elapsed_s": round(self.elapsed, 1)}) + "\n")
+                                                      "elapsed_s": round(self.elapsed, 1),
+                                                      "peak_rss_mb": round(peak_rss_mb(), 1)}) + "\n")
                             metrics.flush()
                             window_tokens, window_start = 0, time.time()
                     reason = self._after_update(metrics)
@@ -276,6 +284,12 @@ class Trainer:
             if metrics:
                 metrics.close()
         return self._finish(reason)
+
+    def _time_left(self) -> dict:
+        """ETA for the progress bar when the budget is in minutes (tqdm shows it for max_steps)."""
+        if not self.tc.max_minutes:
+            return {}
+        return {"eta": f"{max(0.0, self.tc.max_minutes - self.elapsed / 60):.1f}min"}
 
     def _after_update(self, metrics) -> str:
         """Validate/save when due; return why to stop, or "limit" to go on."""

@@ -127,3 +127,40 @@ def test_kill_nine_ten_times(prepared_small):
     r = subprocess.run([sys.executable, str(script), "--data", str(prepared_small), "--kills", "10"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_early_stopping(tmp_path, prepared_small):
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=20", "train.valid_every=1",
+                             "train.patience=2", "train.lr=1e-9"])  # a learning rate too small to improve BLEU
+    result = Trainer(cfg, tmp_path, log=lambda m: None).run()
+    assert result["reason"] == "early_stopping" and result["step"] == 3
+
+
+def test_download_path_checks_the_checksum(tmp_path):
+    import gzip
+    import hashlib
+
+    from nmt.corpora import _download
+    from nmt.errors import NmtError
+
+    text = b"ein Hund\n"
+    gz = tmp_path / "train.de.gz"
+    gz.write_bytes(gzip.compress(text))
+    _download(gz.as_uri(), tmp_path / "out" / "train.de", hashlib.sha256(text).hexdigest())
+    assert (tmp_path / "out" / "train.de").read_bytes() == text
+    with pytest.raises(NmtError, match="checksum mismatch"):
+        _download(gz.as_uri(), tmp_path / "out2" / "train.de", "0" * 64)
+    assert not (tmp_path / "out2" / "train.de").exists()
+    with pytest.raises(NmtError, match="NMT_DATA_HOME"):
+        _download((tmp_path / "missing.gz").as_uri(), tmp_path / "x", None)
+
+
+def test_corpus_resolves_from_data_home(monkeypatch, tmp_path):
+    from conftest import SHARED_DATA
+    from nmt.corpora import corpus_file
+
+    if not (SHARED_DATA / "multi30k").exists():
+        pytest.skip("no Multi30k mirror")
+    monkeypatch.setenv("NMT_DATA_HOME", str(SHARED_DATA))
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path))
+    assert corpus_file("multi30k", "test", "de", download=False) == SHARED_DATA / "multi30k/raw/test_2016_flickr.de"
