@@ -72,3 +72,13 @@ def trained_small(prepared_small, tmp_path_factory) -> Path:
                              "train.valid_every=3", "train.batch_tokens=600", "train.valid_beam=2", "train.threads=1"])
     Trainer(cfg, out, log=lambda m: None).run()
     return out
+
+
+def incremental_log_probs(model, src, tgt_in):
+    """Feed ``tgt_in`` through ``step`` one token at a time: log-probs ``(B, T, V)``."""
+    state = model.init_state(model.encode(src))
+    lps = []
+    for t in range(tgt_in.shape[1]):
+        lp, state, _ = model.step(tgt_in[:, t], state)
+        lps.append(lp)
+    return torch.stack(lps, 1)

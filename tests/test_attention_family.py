@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import random_batch
+from conftest import incremental_log_probs, random_batch
 from nmt.copy import copy_mix
 from nmt.loss import coverage_loss
 from nmt.models import build_model
@@ -31,12 +31,7 @@ def test_incremental_equals_teacher_forcing_and_padding(kw, position):
     m = lstm(attention_position=position, **kw)
     src, tgt = random_batch()
     logits, attn = m(src, tgt, need_attention=True)
-    state = m.init_state(m.encode(src))
-    lps = []
-    for t in range(tgt.shape[1]):
-        lp, state, _ = m.step(tgt[:, t], state)
-        lps.append(lp)
-    assert torch.allclose(torch.stack(lps, 1), torch.log_softmax(logits, -1), atol=1e-5)
+    assert torch.allclose(incremental_log_probs(m, src, tgt), torch.log_softmax(logits, -1), atol=1e-5)
     assert (attn[1, ..., -2:] == 0).all()
     assert len(beam_search(m, src, beam=3, max_len_b=4)) == 3
 

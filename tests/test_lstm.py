@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import random_batch
+from conftest import incremental_log_probs, random_batch
 from nmt.models import build_model
 from nmt.models.lstm import LSTMConfig
 from nmt.search import beam_search, greedy_search
@@ -30,12 +30,7 @@ def test_every_switch_combination(score, position, feeding, separate, heads):
     assert logits.shape == (3, 6, 40) and attn.shape == (3, 1, heads, 6, 7)
     assert (attn[1, ..., -2:] == 0).all()  # padding gets no weight
     assert torch.allclose(attn.sum(-1), torch.ones(3, 1, heads, 6), atol=1e-5)
-    state = m.init_state(m.encode(src))
-    lps = []
-    for t in range(tgt.shape[1]):
-        lp, state, _ = m.step(tgt[:, t], state)
-        lps.append(lp)
-    assert torch.allclose(torch.stack(lps, 1), torch.log_softmax(logits, -1), atol=1e-5)
+    assert torch.allclose(incremental_log_probs(m, src, tgt), torch.log_softmax(logits, -1), atol=1e-5)
     m.train()
     m.zero_grad()
     m(src, tgt)[0].sum().backward()
