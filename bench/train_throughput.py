@@ -25,19 +25,33 @@ from common import peak_rss_mb, table, write_json  # noqa: E402
 CONFIGS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
 
 
-def gemm_peak(seconds: float = 3.0) -> float:
+def gemm_peak(device, dtype, seconds: float = 3.0) -> float:
+    """FLOP/s of a 2048^3 (CPU) or 8192^3 (CUDA) matmul loop on ``device`` in ``dtype``."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    n_dim = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n_dim, n_dim, device=device, dtype=dtype)
+    b = torch.randn(n_dim, n_dim, device=device, dtype=dtype)
     a @ b
+    sync(device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    return 2 * 2048**3 * n / (time.perf_counter() - t0)
+        if n % 10 == 0:
+            sync(device)
+    sync(device)
+    return 2 * n_dim**3 * n / (time.perf_counter() - t0)
 
 
-def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int) -> dict:
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int, batch_tokens: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -47,7 +61,8 @@ def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = load_config(Path(CONFIGS[model]), [f'data.dir="{data}"', f'train.amp="{amp}"', "train.threads=0"])
+    sets = [f'data.dir="{data}"', f'train.amp="{amp}"', "train.threads=0"]
+    cfg = load_config(Path(CONFIGS[model]), sets + ([f"train.batch_tokens={batch_tokens}"] if batch_tokens else []))
     tr = Trainer(cfg, Path("/tmp/nmt-bench-unused"), log=lambda m: None)
     batches = epoch_batches(tr.train_data, cfg.train.batch_tokens, seed=1, epoch=0)
     groups = [[tr.train_data.collate(b)] for b in batches[: warmup + updates + 1]]
@@ -56,16 +71,26 @@ def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int
     flops_per_token = counter.get_total_flops() / groups[0][0].target_tokens
     for g in groups[1 : warmup + 1]:
         tr.update(g)
+    sync(tr.device)
     tokens, t0 = 0, time.perf_counter()
     for g in groups[warmup + 1 :]:
         tokens += tr.update(g)[2]
+    sync(tr.device)
     seconds = time.perf_counter() - t0
     tok_s = tokens / seconds
-    peak = gemm_peak()
-    return {"model": model, "amp": amp, "threads": torch.get_num_threads(),
+    # fp32 peak (TF32 off, as in training) is the MFU reference; a bf16 run is also compared with the bf16 peak
+    peak = gemm_peak(tr.device, torch.float32)
+    extra = {}
+    if tr.device.type == "cuda":
+        extra["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        extra["device"] = torch.cuda.get_device_name()
+    if amp == "bf16":
+        extra["mfu_vs_bf16_peak"] = flops_per_token * tok_s / gemm_peak(tr.device, torch.bfloat16)
+    return {**extra, "model": model, "amp": amp, "threads": torch.get_num_threads(),
+            "batch_tokens": cfg.train.batch_tokens,
             "params": sum(p.numel() for p in tr.model.parameters()), "updates": updates,
             "tgt_tok_s": tok_s, "train_gflop_s": flops_per_token * tok_s / 1e9,
-            "gemm_peak_gflop_s": peak / 1e9, "mfu": flops_per_token * tok_s / peak, "peak_rss_mb": peak_rss_mb()}
+            "gemm_peak_gflop_s": peak / 1e9, "mfu": flops_per_token * tok_s / peak, "peak_rss_mb": peak_rss_mb(), **extra}
 
 
 def main() -> int:
@@ -76,22 +101,24 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--updates", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch-tokens", type=int, default=0, help="override train.batch_tokens (0 = the config's)")
     ap.add_argument("--out", default="bench/results/train_throughput.json")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "AMP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, args.data, args.warmup, args.updates, args.threads)))
+        print(json.dumps(one(*args.one, args.data, args.warmup, args.updates, args.threads, args.batch_tokens)))
         return 0
     rows = []
     for model in args.models:
         for amp in args.amp:
             cmd = [sys.executable, __file__, "--one", model, amp, "--data", args.data, "--warmup", str(args.warmup),
-                   "--updates", str(args.updates), "--threads", str(args.threads)]
+                   "--updates", str(args.updates), "--threads", str(args.threads),
+                   "--batch-tokens", str(args.batch_tokens)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             rows.append(json.loads(out))
             print(json.dumps(rows[-1]), file=sys.stderr)
-    print(table(rows, ["model", "amp", "threads", "params", "tgt_tok_s", "train_gflop_s", "gemm_peak_gflop_s", "mfu",
-                       "peak_rss_mb"]))
+    print(table(rows, ["model", "amp", "threads", "batch_tokens", "params", "tgt_tok_s", "train_gflop_s",
+                       "gemm_peak_gflop_s", "mfu", "peak_rss_mb"] + (["peak_gpu_mem_mb"] if "device" in rows[0] else [])))
     write_json(args.out, rows)
     return 0
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmt.attention import attend
 from nmt.models.dropout import Dropout
@@ -50,6 +51,22 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe
+
+
+# On CUDA, the cuDNN SDPA kernel builds (and caches, in host memory) a graph for every new
+# (B, H, T, S) shape: with length-bucketed NMT batches, whose shapes rarely repeat, bf16 training
+# ran 6-15x slower than fp32 and host memory grew without bound on an H100. The flash and
+# memory-efficient kernels have no per-shape set-up, so cuDNN is left out (bench/sdpa_shapes.py).
+_CUDA_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
+    """``softmax(q k^T / sqrt(Dh) + mask) v`` by a fused kernel. q ``(B, H, T, Dh)``, k/v ``(B, H, S, Dh)``,
+    mask bool broadcastable to ``(B, H, T, S)`` (True = attend). Returns ``(B, H, T, Dh)``."""
+    if q.is_cuda:
+        with sdpa_kernel(_CUDA_SDPA):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -111,7 +128,7 @@ class MultiHeadAttention(nn.Module):
             future = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
             mask = future if mask is None else mask & future
         if not need_weights:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            out = fused_attention(q, k, v, mask, p)
             return self.out_proj(merge_heads(out)), None
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, S)
         out, weights = attend(scores, v, mask)
