@@ -197,8 +197,11 @@ class Trainer:
             with sync:
                 with autocast(self.device, self.tc.amp):
                     lam = self.tc.coverage_loss
-                    logits, attn = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0)
+                    logits, attn, aux = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0,
+                                                       targets=batch.tgt_out)
                     loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.tc.label_smoothing)
+                    if aux is not None:  # a mechanism's own objective (hard attention's REINFORCE surrogate)
+                        loss = loss + aux
                     if lam > 0:  # attention (B, L, H, T, S) -> averaged over layers and heads
                         loss = loss + lam * coverage_loss(attn.float().mean((1, 2)), batch.tgt_out != PAD_ID)
                 scaled = loss * self.dist.world / tokens  # DDP averages over ranks: sum / all tokens

@@ -19,7 +19,7 @@ def valid_loss(model, data: ParallelIds, batch_tokens: int, device) -> tuple[flo
     total, tokens = 0.0, 0
     for idx in make_batches(data.src_len, data.tgt_len, batch_tokens, seed=0, shuffle=False):
         b = data.collate(idx).to(device)
-        logits, _ = model(b.src, b.tgt_in)
+        logits = model(b.src, b.tgt_in).logits
         _, nll = label_smoothed_nll(logits, b.tgt_out, 0.0)
         total += float(nll)
         tokens += b.target_tokens

@@ -1,4 +1,4 @@
-"""Coverage, location-aware, local and copy attention: each known pitfall as a test."""
+"""Coverage, location-aware, local, copy and hard attention: each known pitfall as a test."""
 
 import math
 
@@ -15,7 +15,8 @@ from test_search import SCRIPT, BigramModel  # noqa: E402
 
 VARIANTS = [dict(coverage=True), dict(coverage=True, score="mlp"), dict(location_filters=4),
             dict(location_filters=3, score="mlp", heads=2), dict(local="p"), dict(local="m"), dict(copy=True),
-            dict(copy=True, heads=2, coverage=True, local="p", location_filters=2)]
+            dict(copy=True, heads=2, coverage=True, local="p", location_filters=2), dict(hard="reinforce"),
+            dict(hard="exact"), dict(hard="reinforce", heads=2, local="p", copy=True)]
 
 
 def lstm(**kw):
@@ -30,7 +31,7 @@ def test_incremental_equals_teacher_forcing_and_padding(kw, position):
     torch.manual_seed(0)
     m = lstm(attention_position=position, **kw)
     src, tgt = random_batch()
-    logits, attn = m(src, tgt, need_attention=True)
+    logits, attn, _ = m(src, tgt, need_attention=True)
     assert torch.allclose(incremental_log_probs(m, src, tgt), torch.log_softmax(logits, -1), atol=1e-5)
     assert (attn[1, ..., -2:] == 0).all()
     assert len(beam_search(m, src, beam=3, max_len_b=4)) == 3
@@ -134,8 +135,8 @@ def test_local_window_zero_outside_and_huge_window_is_global():
     glob = lstm()
     huge = lstm(local="p", local_window=10_000)
     huge.load_state_dict({**glob.state_dict(), **{k: v for k, v in huge.state_dict().items() if "local_p" in k}})
-    _, a1 = glob(src, src, need_attention=True)
-    _, a2 = huge(src, src, need_attention=True)
+    a1 = glob(src, src, need_attention=True).attention
+    a2 = huge(src, src, need_attention=True).attention
     assert torch.allclose(a1, a2, atol=1e-5)
 
 

@@ -42,7 +42,7 @@ def train_and_score(model, reverse: bool, steps: int, lr: float = 3e-3, diagonal
     for step in range(steps):
         batch = [data[(step * 64 + i) % len(data)] for i in range(64)]
         src, tin, tout = collate(batch)
-        logits, _ = model(src, tin)
+        logits = model(src, tin).logits
         loss, _ = label_smoothed_nll(logits, tout, 0.0)
         opt.zero_grad()
         (loss / (tout != PAD_ID).sum()).backward()

@@ -127,7 +127,7 @@ def test_beam_attention_belongs_to_the_printed_hypothesis():
         h = h[0]
         s = int((src[i] != 0).sum())
         tgt_in = torch.tensor([[2] + h.tokens])
-        _, attn = m(src[i : i + 1, :s], tgt_in, need_attention=True)  # (1, L, H, T, S)
+        attn = m(src[i : i + 1, :s], tgt_in, need_attention=True).attention  # (1, L, H, T, S)
         assert h.attention.shape == (len(h.tokens) + 1, 2, 4, s)
         assert torch.allclose(h.attention, attn[0].permute(2, 0, 1, 3), atol=1e-5)
 

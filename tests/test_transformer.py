@@ -11,7 +11,7 @@ def test_incremental_equals_teacher_forcing(pre_norm, tied):
     torch.manual_seed(0)
     m = tiny_transformer(pre_norm=pre_norm, tie_embeddings=tied).eval()
     src, tgt = random_batch()
-    logits, attn = m(src, tgt, need_attention=True)  # attn (B, L, H, T, S)
+    logits, attn, _ = m(src, tgt, need_attention=True)  # attn (B, L, H, T, S)
     state = m.init_state(m.encode(src))
     lps, atts = [], []
     for t in range(tgt.shape[1]):
@@ -26,7 +26,7 @@ def test_incremental_equals_teacher_forcing(pre_norm, tied):
 def test_padding_gets_no_attention_and_rows_sum_to_one():
     m = tiny_transformer().eval()
     src, tgt = random_batch()
-    _, attn = m(src, tgt, need_attention=True)
+    attn = m(src, tgt, need_attention=True).attention
     assert (attn[1, ..., -2:] == 0).all()
     assert torch.allclose(attn.sum(-1), torch.ones_like(attn.sum(-1)), atol=1e-5)
 
@@ -34,10 +34,10 @@ def test_padding_gets_no_attention_and_rows_sum_to_one():
 def test_causal_mask_future_tokens_do_not_change_the_past():
     m = tiny_transformer().eval()
     src, tgt = random_batch()
-    a, _ = m(src, tgt)
+    a = m(src, tgt).logits
     tgt2 = tgt.clone()
     tgt2[:, 4:] = 5
-    b, _ = m(src, tgt2)
+    b = m(src, tgt2).logits
     assert torch.allclose(a[:, :4], b[:, :4], atol=1e-5) and not torch.allclose(a[:, 4:], b[:, 4:])
 
 
@@ -64,7 +64,7 @@ def test_positions():
 def test_gradients_reach_the_encoder():
     m = tiny_transformer()
     src, tgt = random_batch()
-    logits, _ = m(src, tgt)
+    logits = m(src, tgt).logits
     logits.sum().backward()
     assert m.encoder[0].attn.q_proj.weight.grad.abs().sum() > 0
 

@@ -12,10 +12,12 @@ Every model implements the same four methods, so one search and one training loo
     One target token per sentence, tokens ``(B,)``. Returns log-probabilities ``(B, V)``, the new
     state (the old one is left untouched), and, when asked, the encoder-decoder attention of this
     step ``(B, L, H, S)`` (layers x heads x source positions; an LSTM has L = 1).
-``forward(src, tgt_in, need_attention=False) -> (logits, attention)``
+``forward(src, tgt_in, need_attention=False, targets=None) -> ModelOutput(logits, attention, aux_loss)``
     Teacher forcing over a whole target: tgt_in ``(B, T)`` starts with BOS. Returns logits
-    ``(B, T, V)`` and, when asked, attention ``(B, L, H, T, S)``. Feeding ``tgt_in`` through
-    ``step`` one token at a time gives the same log-probabilities.
+    ``(B, T, V)``, when asked the attention ``(B, L, H, T, S)``, and an auxiliary loss that training
+    adds to the NLL (None for most models; hard attention's REINFORCE surrogate needs the
+    ``targets (B, T)``). In eval mode, feeding ``tgt_in`` through ``step`` one token at a time gives
+    the same log-probabilities.
 
 The registry below is the only place that knows the model classes.
 """
@@ -27,6 +29,7 @@ import dataclasses
 from torch import Tensor, nn
 
 from nmt.models.lstm import LSTMConfig, LSTMModel
+from nmt.models.output import ModelOutput  # noqa: F401  (re-exported: the forward contract)
 from nmt.models.transformer import Transformer, TransformerConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {

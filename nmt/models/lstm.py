@@ -36,8 +36,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import SCORES, RecurrentAttention
 from nmt.copy import copy_mix
+from nmt.hard import BASELINE_DECAY, choose_positions, entropy, marginal_log_probs, reinforce_loss, sample_log_prob
 from nmt.monotonic import chunkwise, expected_alignment, hard_alignment
 from nmt.models.dropout import Dropout
+from nmt.models.output import ModelOutput
 from nmt.vocab import PAD_ID
 
 
@@ -68,6 +70,11 @@ class LSTMConfig:
     monotonic: bool = False  # Raffel et al. 2017: expected alignment in training, hard left-to-right scan in eval
     monotonic_chunk: int = 0  # MoChA (Chiu & Raffel 2018): softmax over the chunk of w positions ending at the stop
     monotonic_noise: float = 1.0  # std of the Gaussian noise added to the energies in training (pushes p to 0/1)
+    # Xu et al. 2015 hard attention: one position per step. reinforce: sampled in training (REINFORCE with a
+    # moving-average baseline); exact: marginalised over positions (Shankar et al. 2018, O(S V) per token);
+    # both take the argmax position at inference
+    hard: str = "none"  # none | reinforce | exact
+    hard_entropy: float = 0.01  # entropy bonus lambda_H of REINFORCE
     vocab_size: int = 8000  # filled in from the SentencePiece model at training time
 
     def __post_init__(self):
@@ -84,6 +91,9 @@ class LSTMConfig:
             (self.location_width % 2 == 1, "model.location_width must be odd"),
             (self.local_window >= 1, "model.local_window must be >= 1"),
             (not (self.monotonic and self.local != "none"), "model.monotonic and model.local exclude each other"),
+            (self.hard in ("none", "reinforce", "exact"), f"model.hard must be none, reinforce or exact, got {self.hard!r}"),
+            (not (self.hard != "none" and self.monotonic), "model.hard and model.monotonic exclude each other"),
+            (self.hard != "exact" or (self.heads == 1 and not self.copy), "model.hard = exact needs heads = 1 and no copy"),
         ]
         for ok, message in checks:
             if not ok:
@@ -117,6 +127,8 @@ class LSTMModel(nn.Module):
         self.mono_bias = nn.Parameter(torch.zeros(1)) if c.monotonic else None  # r in p = sigmoid(e + r)
         self.combine = nn.Linear(2 * h, h, bias=False)  # W_c [c_t; s_t]
         self.output = None if c.tie_embeddings else nn.Linear(h, c.vocab_size, bias=False)
+        if c.hard == "reinforce":  # moving average of the reward (NaN until the first training batch)
+            self.register_buffer("hard_baseline", torch.full((), float("nan")))
 
     def encode(self, src: Tensor, need_attention: bool = False) -> dict[str, Tensor]:
         """src ``(B, S)`` -> memory ``(B, S, H)`` (zeros at padding), src_mask ``(B, S)``, and the
@@ -189,13 +201,18 @@ class LSTMModel(nn.Module):
         sigma = c.local_window / 2
         return dist.abs() <= c.local_window, torch.exp(-dist**2 / (2 * sigma**2))
 
-    def _attend(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Context ``(B, H)``, weights ``(B, N, S)`` and the state entries this attention updates."""
+    def _attend(self, query: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict]:
+        """Context ``(B, H)``, weights ``(B, N, S)``, the state entries this attention updates, and
+        what hard attention's training needs (``hard_logp``/``hard_entropy`` ``(B,)``, or the soft
+        weights for exact marginalisation)."""
         prepared = {k: v for k, v in state.items() if k.startswith("att_")}
         features = self._features(state)
         if not self.config.monotonic:
             context, weights = self.attention(query, prepared, state["src_mask"], features, self._window(query, state))
-            return context, weights, {}
+            if self.config.hard == "none":
+                return context, weights, {}, {}
+            context, weights, extras = self._harden(context, weights, prepared)
+            return context, weights, {}, extras
         c, mask = self.config, state["src_mask"]
         energies = self.attention.raw_scores(query, prepared, features)[:, :, 0] + self.mono_bias  # (B, N, S)
         if self.training:
@@ -206,16 +223,28 @@ class LSTMModel(nn.Module):
             alpha, pos = hard_alignment(torch.sigmoid(energies), state["mono_pos"], mask)
             updates = {"mono_prev": alpha, "mono_pos": pos}
         weights = chunkwise(alpha, energies, mask, c.monotonic_chunk) if c.monotonic_chunk else alpha
-        return self.attention.mix(weights, prepared), weights, updates
+        return self.attention.mix(weights, prepared), weights, updates, {}
+
+    def _harden(self, context: Tensor, weights: Tensor, prepared: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
+        """Hard attention: context and one-hot weights of the chosen position (sampled when training
+        with REINFORCE, else argmax); exact marginalisation in training keeps the soft weights."""
+        c = self.config
+        if self.training and c.hard == "exact":
+            return context, weights, {"soft": weights}
+        sample = self.training and c.hard == "reinforce"
+        one_hot = choose_positions(weights.detach(), sample)  # (B, N, S)
+        extras = {"hard_logp": sample_log_prob(weights, one_hot), "hard_entropy": entropy(weights)} if sample else {}
+        return self.attention.mix(one_hot, prepared), one_hot, extras
 
     def _decode(self, tokens: Tensor, state: dict[str, Tensor]):
         """One step up to the attentional vector h~_t ``(B, H)``. Returns h~_t, the new state, the
-        weights ``(B, N, S)`` and p_gen ``(B, 1)`` (None without copy)."""
+        weights ``(B, N, S)`` and extras: ``p_gen (B, 1)`` with copy, hard attention's training
+        terms, and for exact marginalisation the per-position vectors ``per_position (B, S, H)``."""
         c = self.config
         emb = self.drop(self.embed(tokens))  # (B, E)
         parts = [emb]
         if c.attention_position == "before":
-            context, weights, updates = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
+            context, weights, updates, extras = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
             parts.append(context)
         if c.input_feeding:
             parts.append(state["feed"])
@@ -223,8 +252,14 @@ class LSTMModel(nn.Module):
         out, (h, cell) = self.decoder(torch.cat(parts, -1)[:, None], hc)
         s_t = out[:, 0]  # (B, H)
         if c.attention_position == "after":
-            context, weights, updates = self._attend(s_t, state)  # query: s_t
-        feed = torch.tanh(self.combine(torch.cat([context, s_t], -1)))  # h~_t (B, H)
+            context, weights, updates, extras = self._attend(s_t, state)  # query: s_t
+        if "soft" in extras:  # exact: h~_i = tanh(W_c [v_i; s_t]) for every position i; feed = sum_i a_i h~_i
+            w_v, w_s = self.combine.weight.split(self.config.hidden_size, dim=1)
+            values = state["att_v"][:, 0]  # (B, S, H)
+            extras["per_position"] = torch.tanh(F.linear(values, w_v) + F.linear(s_t, w_s)[:, None])  # (B, S, H)
+            feed = (extras["soft"][:, 0, :, None] * extras["per_position"]).sum(1)  # (B, H)
+        else:
+            feed = torch.tanh(self.combine(torch.cat([context, s_t], -1)))  # h~_t (B, H)
         new = {**state, **updates, "h": h.transpose(0, 1), "c": cell.transpose(0, 1), "feed": feed}
         if "coverage" in state:
             new["coverage"] = state["coverage"] + weights
@@ -232,14 +267,21 @@ class LSTMModel(nn.Module):
             new["prev_attn"] = weights
         if "t" in state:
             new["t"] = state["t"] + 1
-        p_gen = torch.sigmoid(self.copy_gate(torch.cat([context, s_t, emb], -1))) if self.copy_gate is not None else None
-        return feed, new, weights, p_gen
+        if self.copy_gate is not None:
+            extras["p_gen"] = torch.sigmoid(self.copy_gate(torch.cat([context, s_t, emb], -1)))
+        return feed, new, weights, extras
 
-    def _output(self, feed: Tensor, weights: Tensor, p_gen: Tensor | None, src_ids: Tensor) -> Tensor:
-        """Logits ``(B, [T,] V)``; with copy, the log of the pointer-generator mixture (which
-        log_softmax leaves unchanged, so it serves as logits for the loss and the search)."""
-        x = self.drop(feed)
-        logits = F.linear(x, self.embed.weight) if self.output is None else self.output(x)
+    def _project(self, x: Tensor) -> Tensor:
+        x = self.drop(x)
+        return F.linear(x, self.embed.weight) if self.output is None else self.output(x)
+
+    def _output(self, feed: Tensor, weights: Tensor, extras: dict, src_ids: Tensor) -> Tensor:
+        """Logits ``(B, [T,] V)``; with copy (or exact hard attention), the log of the mixture
+        (which log_softmax leaves unchanged, so it serves as logits for the loss and the search)."""
+        if "per_position" in extras:  # exact: log sum_i a_i softmax(W_o h~_i)
+            return marginal_log_probs(extras["soft"][..., 0, :], self._project(extras["per_position"]))
+        logits = self._project(feed)
+        p_gen = extras.get("p_gen")
         if p_gen is None:
             return logits
         mixed = copy_mix(torch.softmax(logits.float(), -1), weights.mean(1), src_ids, p_gen)
@@ -247,21 +289,37 @@ class LSTMModel(nn.Module):
 
     def step(self, tokens: Tensor, state: dict[str, Tensor], need_attention: bool = False):
         """tokens ``(B,)`` -> log-probs ``(B, V)``, new state, attention ``(B, 1, N, S)``."""
-        feed, new, weights, p_gen = self._decode(tokens, state)
-        logp = torch.log_softmax(self._output(feed, weights, p_gen, state.get("src_ids")).float(), dim=-1)
+        feed, new, weights, extras = self._decode(tokens, state)
+        logp = torch.log_softmax(self._output(feed, weights, extras, state.get("src_ids")).float(), dim=-1)
         return logp, new, (weights[:, None] if need_attention else None)
 
-    def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False):
-        """Teacher forcing through :meth:`step`'s own computation: logits ``(B, T, V)`` and
-        attention ``(B, 1, N, T, S)``."""
+    def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False,
+                targets: Tensor | None = None) -> ModelOutput:
+        """Teacher forcing through :meth:`step`'s own computation: logits ``(B, T, V)``, attention
+        ``(B, 1, N, T, S)``, and with hard = reinforce in training (given ``targets (B, T)``) the
+        REINFORCE surrogate as the auxiliary loss."""
         state = self.init_state(self.encode(src))
-        feeds, weights, gates = [], [], []
+        feeds, weights, steps = [], [], []
         for t in range(tgt_in.shape[1]):
-            feed, state, w, p_gen = self._decode(tgt_in[:, t], state)
+            feed, state, w, extras = self._decode(tgt_in[:, t], state)
             feeds.append(feed)
             weights.append(w)
-            gates.append(p_gen)
+            steps.append(extras)
         attn = torch.stack(weights, 2)  # (B, N, T, S)
-        p_gen = torch.stack(gates, 1) if self.copy_gate is not None else None  # (B, T, 1)
-        logits = self._output(torch.stack(feeds, 1), attn, p_gen, src)  # one output projection for all steps
-        return logits, (attn[:, None] if need_attention else None)
+        extras = {k: torch.stack([e[k] for e in steps], 1) for k in steps[0]}  # each (B, T, ...)
+        logits = self._output(torch.stack(feeds, 1), attn, extras, src)  # one output projection for all steps
+        aux = self._reinforce(logits, extras, targets) if "hard_logp" in extras and targets is not None else None
+        return ModelOutput(logits, attn[:, None] if need_attention else None, aux)
+
+    def _reinforce(self, logits: Tensor, extras: dict, targets: Tensor) -> Tensor:
+        """The REINFORCE surrogate of the sampled positions; updates the moving-average baseline."""
+        token_logp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]  # (B, T)
+        baseline = self.hard_baseline
+        mean_reward = ((token_logp * (targets != PAD_ID)).sum(1) / (targets != PAD_ID).sum(1).clamp_min(1)).mean()
+        if torch.isnan(baseline):  # first batch: start the average at this batch's reward
+            baseline = mean_reward.detach()
+        loss, _ = reinforce_loss(extras["hard_logp"], token_logp, targets != PAD_ID, baseline,
+                                 extras["hard_entropy"], self.config.hard_entropy)
+        with torch.no_grad():
+            self.hard_baseline.copy_(BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward)
+        return loss

@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmt.attention import attend
 from nmt.models.dropout import Dropout
+from nmt.models.output import ModelOutput
 from nmt.vocab import PAD_ID
 
 
@@ -288,10 +289,10 @@ class Transformer(nn.Module):
         return logp, new, attn
 
     def forward(
-        self, src: Tensor, tgt_in: Tensor, need_attention: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
+        self, src: Tensor, tgt_in: Tensor, need_attention: bool = False, targets: Tensor | None = None
+    ) -> ModelOutput:
         """Teacher forcing: src ``(B, S)``, tgt_in ``(B, T)`` (BOS + target) -> logits ``(B, T, V)``
-        and, if asked, cross-attention ``(B, L, H, T, S)``."""
+        and, if asked, cross-attention ``(B, L, H, T, S)``; no auxiliary loss (``targets`` unused)."""
         enc = self.encode(src)
         x = self._embed(self.tgt_embed, tgt_in)
         weights = []
@@ -300,4 +301,4 @@ class Transformer(nn.Module):
             x, w, _ = layer(x, cross, enc["src_mask"], need_weights=need_attention)
             weights.append(w)
         logits = self._logits(self.dec_norm(x))
-        return logits, (torch.stack(weights, dim=1) if need_attention else None)
+        return ModelOutput(logits, torch.stack(weights, dim=1) if need_attention else None)
