@@ -143,6 +143,8 @@ LSTM_SWITCHES = [
     ["model.coverage=true", "model.location_filters=2", "model.copy=true", "train.coverage_loss=0.5"],
     ["model.local=\"p\"", "model.score=\"mlp\""],
     ["model.monotonic=true", "model.monotonic_chunk=2"],
+    ["model.hard=\"reinforce\"", "model.heads=2"],
+    ["model.hard=\"exact\""],
 ]
 
 
@@ -154,8 +156,10 @@ def test_lstm_switches_train_translate_evaluate(tmp_path, prepared_small, switch
             "train.valid_beam=2", "train.valid_max_sentences=5", "train.threads=1", *switches]
     r = invoke("train", "-d", prepared_small, "-o", run, *[a for s in sets for a in ("--set", s)])
     assert r.exit_code == 0, r.output
-    r = invoke("translate", "-m", run / "best.pt", "--beam", 3, input="Ein Hund läuft.\n\nZwei Männer.\n")
+    r = invoke("translate", "-m", run / "best.pt", "--beam", 3, "--attention", tmp_path / "pics",
+               input="Ein Hund läuft.\n\nZwei Männer.\n")
     assert r.exit_code == 0 and r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == ""
+    assert "<svg" in (tmp_path / "pics" / "index.html").read_text()  # the attention pictures of this switch
     r = invoke("evaluate", "-m", run / "best.pt", "--src", prepared_small / "test.src", "--ref",
                prepared_small / "test.ref", "--beam", 2, "--json")
     assert r.exit_code == 0, r.output
