@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_json  # noqa: E402
 
 
-def whole_process(model: str, src: str, beam: int, batch_size: int) -> tuple[float, list[str], float]:
+def whole_process(model: str, src: str, beam: int, batch_size: int, quantize: str) -> tuple[float, list[str], float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src, "--beam", str(beam),
-                        "--batch-size", str(batch_size)], capture_output=True, text=True, check=True)
+                        "--batch-size", str(batch_size), "--quantize", quantize], capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return seconds, r.stdout.splitlines(), (rss if rss > before else before) / 1024
@@ -37,31 +37,33 @@ def main() -> int:
     ap.add_argument("--ref", required=True)
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 5])
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--quantize", default="none", help="none | int8 (dynamic int8, CPU)")
     ap.add_argument("--out", default="bench/results/decode.json")
     args = ap.parse_args()
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.evaluate import score
     from nmt.prepare import read_lines
-    from nmt.translate import SearchOptions, Translator
+    from nmt.translate import SearchOptions, Translator, quantize
 
     src, ref = read_lines(Path(args.src)), read_lines(Path(args.ref))
     model, vocab = model_from_checkpoint(load_checkpoint(Path(args.model)))
+    model = quantize(model, args.quantize, "cpu")
     rows = []
     for beam in args.beams:
         tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size))
         t0 = time.perf_counter()
         hyps = tr.translate(src)
         pure = time.perf_counter() - t0
-        whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size)
+        whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.quantize)
         assert hyps_cli == hyps, "CLI and in-process translations differ"
         tokens = sum(len(x) for x in vocab.encode(hyps)) + len(hyps)  # pieces + EOS
         s = score(hyps, ref)
-        rows.append({"beam": beam, "sentences": len(src), "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure,
+        rows.append({"beam": beam, "quantize": args.quantize, "sentences": len(src), "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure,
                      "whole_sent_s": len(src) / whole, "whole_s": whole, "peak_rss_mb": rss,
                      "bleu": s["bleu"]["score"], "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]})
         print(rows[-1], file=sys.stderr)
-    print(table(rows, ["beam", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
+    print(table(rows, ["beam", "quantize", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
                        "bleu", "chrf"]))
     write_json(args.out, {"model": args.model, "rows": rows})
     return 0

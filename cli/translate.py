@@ -23,6 +23,7 @@ def translate(
     n_best: Annotated[int, typer.Option(min=1, help="Print the n best: text<TAB>score, repeated, on one line.")] = 1,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read and translated at a time.")] = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    quantize: Annotated[str, typer.Option(help="int8: dynamic int8 weights for faster CPU decoding; none.")] = "none",
     attention: Annotated[Optional[Path], typer.Option(help="Write attention heatmaps (SVG) and index.html here.")] = None,
     encoder_attention: Annotated[bool, typer.Option(help="With --attention: also draw encoder self-attention.")] = False,
     alignments: Annotated[Optional[str], typer.Option(help="Pharaoh word alignments to FILE, or '-' for a TAB column.")] = None,
@@ -36,17 +37,19 @@ def translate(
         echo 'Ein Hund läuft.' | nmt translate -m runs/de-en/best.pt
         nmt translate -m best.pt -i test.de -o test.en --beam 5
         nmt translate -m best.pt -i test.de --n-best 3
+        nmt translate -m best.pt -i test.de --quantize int8      # faster on CPU; see bench/decode.py
         nmt translate -m best.pt -i few.de --attention pics/ --alignments few.align --attention-stats stats.jsonl
     """
     import torch
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.train import pick_device
-    from nmt.translate import SearchOptions, Translator, read_chunks
+    from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
     with guard():
         dev = pick_device(device)
         net, vocab = model_from_checkpoint(load_checkpoint(model))
+        net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size,
                              coverage_penalty=coverage_penalty)

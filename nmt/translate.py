@@ -40,6 +40,31 @@ class SearchOptions:
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
 
 
+QUANTIZE = ("none", "int8")
+
+
+def quantize(model, mode: str, device):
+    """``int8``: dynamic quantisation for CPU decoding (Linear and LSTM weights stored as int8,
+    activations quantised on the fly per batch); ``none`` leaves the model as it is. A tied output
+    layer (``F.linear`` with the embedding matrix) stays in float. Its BLEU cost is measured by
+    ``bench/decode.py --quantize int8``."""
+    from nmt.errors import NmtError
+
+    if mode not in QUANTIZE:
+        raise NmtError(f"unknown --quantize {mode!r}; valid: {', '.join(QUANTIZE)}")
+    if mode == "none":
+        return model
+    if torch.device(device).type != "cpu":
+        raise NmtError("--quantize int8 is for CPU decoding; use --device cpu (on a GPU, bf16 is the fast path)")
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+
+
 class Translator:
     """Holds a model, its vocabulary and search options; translates lists of lines."""
 

@@ -164,3 +164,31 @@ def test_lstm_switches_train_translate_evaluate(tmp_path, prepared_small, switch
                prepared_small / "test.ref", "--beam", 2, "--json")
     assert r.exit_code == 0, r.output
     assert "bleu" in json.loads(r.stdout)
+
+
+def test_translate_quantize_int8(trained_small):
+    lines = "Ein Hund läuft.\n\nZwei Männer sitzen auf einer Bank.\n"
+    r = invoke("translate", "-m", trained_small / "best.pt", "--quantize", "int8", "--device", "cpu", input=lines)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == ""
+    r = invoke("translate", "-m", trained_small / "best.pt", "--quantize", "int4", input=lines)
+    assert r.exit_code != 0 and "valid: none, int8" in r.output
+
+
+def test_quantize_int8_replaces_linear_and_lstm_layers():
+    import torch
+
+    from nmt.models import build_model
+    from nmt.models.lstm import LSTMConfig
+    from nmt.translate import quantize
+
+    m = build_model("lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, tie_embeddings=False)).eval()
+    q = quantize(m, "int8", "cpu")
+    kinds = {f"{type(x).__module__}.{type(x).__name__}" for x in q.modules()}
+    assert {"torch.ao.nn.quantized.dynamic.modules.linear.Linear",
+            "torch.ao.nn.quantized.dynamic.modules.rnn.LSTM"} <= kinds
+    src = torch.randint(4, 40, (2, 5))
+    with torch.inference_mode():
+        a, b = m.step(torch.full((2,), 2), m.init_state(m.encode(src)))[0], q.step(torch.full((2,), 2),
+                                                                                  q.init_state(q.encode(src)))[0]
+    assert (a - b).abs().max() < 0.1  # int8 weights: close to the float model, not equal

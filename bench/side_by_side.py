@@ -1,0 +1,182 @@
+"""Side by side with OpenNMT-py: training throughput at the same shape, on the same pieces, interleaved.
+
+    python -m venv ~/venvs/onmt && ~/venvs/onmt/bin/pip install torch==2.13.0
+    ~/venvs/onmt/bin/pip install --no-deps opennmt-py==3.5.1
+    ~/venvs/onmt/bin/pip install configargparse tensorboard pyyaml six "pyonmttok>=1.37,<2" rapidfuzz \\
+        pyahocorasick spacy fasttext-wheel waitress flask sentencepiece
+    python bench/side_by_side.py --onmt ~/venvs/onmt --data prepared/de-en --updates 150
+
+Both toolkits train on the same SentencePiece pieces of Multi30k (ours from ``prepared/``, OpenNMT-py
+from those ids written out as piece text), the same model shape (``configs/transformer.toml``,
+``configs/lstm-luong.toml``), the same tokens per batch (``batch_type: tokens``, sentences x longest
+side, as ours) and Adam, for ``--updates`` updates each, in the order ours, theirs, ours, theirs.
+Throughput is each toolkit's own report of target tokens/s (median over the reports after the
+first); peak RSS is that of the whole process tree, start-up included. Prints ours / theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table, write_json  # noqa: E402
+
+ONMT_SHAPES = {
+    "transformer": """encoder_type: transformer
+decoder_type: transformer
+enc_layers: 3
+dec_layers: 3
+heads: 4
+hidden_size: 256
+word_vec_size: 256
+transformer_ff: 1024
+dropout: [0.2]
+attention_dropout: [0.0]
+position_encoding: true
+share_embeddings: true
+share_decoder_embeddings: true
+""",
+    "lstm": """encoder_type: brnn
+decoder_type: rnn
+rnn_type: LSTM
+enc_layers: 2
+dec_layers: 2
+hidden_size: 256
+word_vec_size: 256
+global_attention: general
+input_feed: 1
+bridge: true
+dropout: [0.3]
+share_embeddings: true
+share_decoder_embeddings: true
+""",
+}
+OURS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
+
+
+def export_pieces(data: Path, work: Path) -> None:
+    """Write train/valid as space-separated SentencePiece pieces (the ids ours trains on)."""
+    import sentencepiece as spm
+
+    from nmt.data import ParallelIds
+
+    sp = spm.SentencePieceProcessor(model_file=str(data / "spm.model"))
+    for split in ("train", "valid"):
+        ids = ParallelIds.load(data / f"{split}.ids.pt")
+        for side, name in ((ids.src, "src"), (ids.tgt, "tgt")):
+            off, flat = side["offsets"].tolist(), side["ids"].tolist()
+            lines = (" ".join(sp.id_to_piece(i) for i in flat[a:b]) for a, b in zip(off[:-1], off[1:]))
+            (work / f"{split}.{name}").write_text("\n".join(lines) + "\n")
+
+
+def onmt_config(model: str, work: Path, updates: int, batch_tokens: int) -> Path:
+    cfg = f"""save_data: {work}/onmt
+src_vocab: {work}/vocab.txt
+share_vocab: true
+src_vocab_size: 9000
+tgt_vocab_size: 9000
+overwrite: true
+data:
+  corpus_1:
+    path_src: {work}/train.src
+    path_tgt: {work}/train.tgt
+  valid:
+    path_src: {work}/valid.src
+    path_tgt: {work}/valid.tgt
+save_model: {work}/{model}
+save_checkpoint_steps: 1000000
+valid_steps: 1000000
+train_steps: {updates}
+report_every: 10
+seed: 1
+batch_type: tokens
+batch_size: {batch_tokens}
+valid_batch_size: 2000
+accum_count: [1]
+optim: adam
+adam_beta2: 0.998
+learning_rate: 0.001
+warmup_steps: 800
+decay_method: rsqrt
+label_smoothing: 0.1
+max_grad_norm: 1.0
+model_dtype: fp32
+""" + ONMT_SHAPES[model]
+    path = work / f"{model}.yaml"
+    path.write_text(cfg)
+    return path
+
+
+def measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[str, float]:
+    """Run ``cmd`` in a fresh wrapper process; returns (stdout + stderr, peak RSS of its tree in MiB)."""
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+               "sys.stdout.write(r.stdout + r.stderr); "
+               "print('\\nPEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=cwd)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{r.stdout[-3000:]}")
+    peak = int(re.findall(r"PEAK_RSS_KB (\d+)", r.stdout)[-1]) / 1024
+    return r.stdout, peak
+
+
+def run_onmt(venv: Path, model: str, work: Path, updates: int, batch_tokens: int) -> dict:
+    cfg = onmt_config(model, work, updates, batch_tokens)
+    if not (work / "vocab.txt").exists():
+        subprocess.run([str(venv / "bin/onmt_build_vocab"), "-config", str(cfg), "-n_sample", "-1"], check=True,
+                       capture_output=True)
+    out, peak = measured([str(venv / "bin/onmt_train"), "-config", str(cfg)])
+    speeds = [float(x) for x in re.findall(r"\d+/\s*(\d+) tok/s", out)]
+    if len(speeds) < 2:
+        raise RuntimeError(f"no tok/s reports in OpenNMT-py's log:\n{out[-2000:]}")
+    return {"toolkit": "OpenNMT-py 3.5.1", "model": model, "tgt_tok_s": statistics.median(speeds[1:]),
+            "peak_rss_mb": peak, "reports": len(speeds)}
+
+
+def run_ours(model: str, data: Path, work: Path, updates: int, batch_tokens: int) -> dict:
+    out = work / f"ours-{model}"
+    sets = [f'data.dir="{data}"', f"train.max_steps={updates}", "train.max_minutes=0", "train.valid_every=1000000",
+            "train.save_every=0", "train.valid_beam=1", "train.valid_max_sentences=20",
+            f"train.batch_tokens={batch_tokens}", "train.log_every=10"]
+    cmd = [sys.executable, "-m", "nmt_cli.main", "train", "-c", OURS[model], "-o", str(out)]
+    _, peak = measured(cmd + [a for s in sets for a in ("--set", s)])
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    speeds = [r["tgt_tok_s"] for r in records if r["kind"] == "train"]
+    return {"toolkit": "nmt", "model": model, "tgt_tok_s": statistics.median(speeds[1:]),
+            "peak_rss_mb": peak, "reports": len(speeds)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--onmt", type=Path, required=True, help="virtual environment with opennmt-py 3.5.1")
+    ap.add_argument("--data", type=Path, default=Path("prepared/de-en"))
+    ap.add_argument("--models", nargs="+", default=["transformer", "lstm"], choices=list(OURS))
+    ap.add_argument("--updates", type=int, default=150)
+    ap.add_argument("--batch-tokens", type=int, default=3000)
+    ap.add_argument("--out", default="bench/results/side_by_side.json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nmt-sbs-"))
+    export_pieces(args.data, work)
+    rows, ratios = [], []
+    for model in args.models:
+        ours = run_ours(model, args.data.resolve(), work, args.updates, args.batch_tokens)
+        theirs = run_onmt(args.onmt, model, work, args.updates, args.batch_tokens)
+        rows += [ours, theirs]
+        ratios.append({"model": model, "tok_s_ratio": ours["tgt_tok_s"] / theirs["tgt_tok_s"],
+                       "rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"]})
+        print(json.dumps(rows[-2:]), file=sys.stderr, flush=True)
+    print(table(rows, ["toolkit", "model", "tgt_tok_s", "peak_rss_mb", "reports"]))
+    print(table(ratios, ["model", "tok_s_ratio", "rss_ratio"]))
+    write_json(args.out, {"updates": args.updates, "batch_tokens": args.batch_tokens, "rows": rows, "ratios": ratios})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
