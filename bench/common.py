@@ -29,6 +29,8 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
     if isinstance(v, int):
