@@ -46,6 +46,9 @@ def main() -> int:
     from nmt.prepare import read_lines
     from nmt.translate import SearchOptions, Translator, quantize
 
+    from nmt.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the nmt command does
     src, ref = read_lines(Path(args.src)), read_lines(Path(args.ref))
     model, vocab = model_from_checkpoint(load_checkpoint(Path(args.model)))
     model = quantize(model, args.quantize, "cpu")

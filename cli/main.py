@@ -46,7 +46,10 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """Neural machine translation: prepare, train, translate, evaluate."""
+    from nmt.memory import keep_freed_memory
+
     common.VERBOSE["on"] = verbose
+    keep_freed_memory()  # reuse freed pages for large tensors (+20% Transformer training on CPU; nmt/memory.py)
 
 
 for command in (prepare, train, translate, evaluate, info, attention, quickstart):

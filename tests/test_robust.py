@@ -164,3 +164,15 @@ def test_corpus_resolves_from_data_home(monkeypatch, tmp_path):
     monkeypatch.setenv("NMT_DATA_HOME", str(SHARED_DATA))
     monkeypatch.setenv("NMT_CACHE", str(tmp_path))
     assert corpus_file("multi30k", "test", "de", download=False) == SHARED_DATA / "multi30k/raw/test_2016_flickr.de"
+
+
+def test_keep_freed_memory_is_switchable(monkeypatch):
+    from nmt.memory import keep_freed_memory
+
+    monkeypatch.setenv("NMT_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("NMT_KEEP_FREED_MEMORY")
+    import platform
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc  # mallopt accepted every setting on glibc; a no-op elsewhere
