@@ -47,20 +47,25 @@ def entropy(weights: Tensor) -> Tensor:
     return -(weights * torch.log(weights.clamp_min(1e-12))).sum((-1, -2))
 
 
-def reinforce_loss(log_probs: Tensor, token_logp: Tensor, mask: Tensor, baseline: float | Tensor,
-                   entropies: Tensor, entropy_weight: float) -> tuple[Tensor, Tensor]:
-    """The REINFORCE surrogate (to be minimised) and the mean reward.
+def sentence_reward(token_logp: Tensor, mask: Tensor) -> Tensor:
+    """R per sentence: the reference's log-likelihood per token. token_logp ``(B, T)``, mask ``(B, T)``
+    bool (True = real target token) -> ``(B,)``, detached (a reward, not a path for gradients)."""
+    m = mask.to(token_logp.dtype)
+    return ((token_logp * m).sum(1) / m.sum(1).clamp_min(1)).detach()
 
-    log_probs ``(B, T)``: ``log a_t[z_t]`` of the sampled positions. token_logp ``(B, T)``: the
-    log-likelihood of each reference token under those positions. mask ``(B, T)`` bool, True =
-    real target token. entropies ``(B, T)``. Returns ``(loss, mean R)``; the loss is a sum over
-    tokens (the scale of a summed NLL), its gradient ``-(R - b) grad sum_t log a_t[z_t] - lambda_H grad H``.
+
+def reinforce_loss(log_probs: Tensor, reward: Tensor, mask: Tensor, baseline: float | Tensor,
+                   entropies: Tensor, entropy_weight: float) -> Tensor:
+    """The REINFORCE surrogate, to be minimised.
+
+    log_probs ``(B, T)``: ``log a_t[z_t]`` of the sampled positions. reward ``(B,)`` from
+    :func:`sentence_reward`. mask ``(B, T)`` bool, True = real target token. entropies ``(B, T)``.
+    The loss is a sum over tokens (the scale of a summed NLL); its gradient is
+    ``-(R - b) grad sum_t log a_t[z_t] - lambda_H grad sum_t H(a_t)``.
     """
     m = mask.to(log_probs.dtype)
-    reward = ((token_logp * m).sum(1) / m.sum(1).clamp_min(1)).detach()  # (B,) per-token log-likelihood
     advantage = reward - baseline  # (B,)
-    loss = -(advantage[:, None] * log_probs * m).sum() - entropy_weight * (entropies * m).sum()
-    return loss, reward.mean()
+    return -(advantage[:, None] * log_probs * m).sum() - entropy_weight * (entropies * m).sum()
 
 
 def marginal_log_probs(weights: Tensor, logits_per_position: Tensor) -> Tensor:

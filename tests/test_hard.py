@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_batch
-from nmt.hard import choose_positions, marginal_log_probs, reinforce_loss, sample_log_prob
+from nmt.hard import choose_positions, marginal_log_probs, reinforce_loss, sample_log_prob, sentence_reward
 from nmt.models import build_model
 from nmt.models.lstm import LSTMConfig
 
@@ -77,8 +77,8 @@ def test_reinforce_average_gradient_points_like_the_exact_marginal_gradient():
     z = choose_positions(a.detach(), sample=True)
     token_logp = torch.log((z[:, 0] * p_y).sum(-1))[:, None]  # (K, T=1)
     mask = torch.ones(k, 1, dtype=torch.bool)
-    loss, mean_r = reinforce_loss(sample_log_prob(a, z)[:, None], token_logp, mask, token_logp.mean(),
-                                  torch.zeros(k, 1), 0.0)
+    reward = sentence_reward(token_logp, mask)
+    loss = reinforce_loss(sample_log_prob(a, z)[:, None], reward, mask, reward.mean(), torch.zeros(k, 1), 0.0)
     estimate = torch.autograd.grad(loss / k, theta)[0]
     # unbiased for its own objective, E_z[log p(y | z)] = sum_i a_i log p_i ...
     lower_bound = torch.autograd.grad(-(torch.softmax(theta, 0) * p_y.log()).sum(), theta)[0]

@@ -36,7 +36,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import SCORES, RecurrentAttention
 from nmt.copy import copy_mix
-from nmt.hard import BASELINE_DECAY, choose_positions, entropy, marginal_log_probs, reinforce_loss, sample_log_prob
+from nmt.hard import (BASELINE_DECAY, choose_positions, entropy, marginal_log_probs, reinforce_loss,
+                      sample_log_prob, sentence_reward)
 from nmt.monotonic import chunkwise, expected_alignment, hard_alignment
 from nmt.models.dropout import Dropout
 from nmt.models.output import ModelOutput
@@ -313,13 +314,15 @@ class LSTMModel(nn.Module):
 
     def _reinforce(self, logits: Tensor, extras: dict, targets: Tensor) -> Tensor:
         """The REINFORCE surrogate of the sampled positions; updates the moving-average baseline."""
-        token_logp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]  # (B, T)
-        baseline = self.hard_baseline
-        mean_reward = ((token_logp * (targets != PAD_ID)).sum(1) / (targets != PAD_ID).sum(1).clamp_min(1)).mean()
-        if torch.isnan(baseline):  # first batch: start the average at this batch's reward
-            baseline = mean_reward.detach()
-        loss, _ = reinforce_loss(extras["hard_logp"], token_logp, targets != PAD_ID, baseline,
-                                 extras["hard_entropy"], self.config.hard_entropy)
+        mask = targets != PAD_ID
+        x = logits.float()
+        token_logp = x.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(x, -1)  # (B, T), no (B, T, V) copy
+        reward = sentence_reward(token_logp, mask)  # (B,)
+        mean = reward.mean()
+        # NaN until the first batch: start the average there (torch.where: no host sync on a GPU)
+        baseline = torch.where(torch.isnan(self.hard_baseline), mean, self.hard_baseline)
+        loss = reinforce_loss(extras["hard_logp"], reward, mask, baseline, extras["hard_entropy"],
+                              self.config.hard_entropy)
         with torch.no_grad():
-            self.hard_baseline.copy_(BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward)
+            self.hard_baseline.copy_(BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean)
         return loss
