@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt.models import reorder
+from nmt.models import reorder, reorder_beams
 from nmt.vocab import BOS_ID, EOS_ID
 
 
@@ -101,12 +101,17 @@ def beam_search(
     for t in range(int(limit.max())):
         logp, state, attn = model.step(tokens, state, need_attention or beta > 0)
         logp = logp.view(n, k, -1)  # (n, k, V)
-        is_eos = torch.arange(logp.shape[-1], device=dev) == EOS_ID  # (V,)
-        at_limit = (t + 1 >= limit[ids])[:, None, None]  # (n, 1, 1): must end now
-        logp = torch.where(at_limit, logp.masked_fill(~is_eos, float("-inf")), logp)
-        # a finished beam is carried on unchanged: EOS at no cost, nothing else
-        logp = torch.where(finished[..., None], torch.where(is_eos, 0.0, float("-inf")), logp)
-        cand = scores[..., None] + logp  # (n, k, V)
+        # Ranking adds a per-beam constant to log p and divides by a per-beam length penalty (the
+        # coverage penalty is per beam too), so each beam's k best tokens are its only candidates:
+        # one pass over (n, k, V), then everything on (n, k, k).
+        cand_lp, cand_tok = logp.topk(min(k, logp.shape[-1]), dim=-1)  # (n, k, k)
+        # a finished beam is carried on unchanged (EOS at no cost); a beam at its length limit must end
+        only_eos = finished | (t + 1 >= limit[ids])[:, None]  # (n, k)
+        forced = torch.full_like(cand_lp, float("-inf"))
+        forced[..., 0] = torch.where(finished, 0.0, logp[..., EOS_ID])
+        cand_lp = torch.where(only_eos[..., None], forced, cand_lp)
+        cand_tok = torch.where(only_eos[..., None], EOS_ID, cand_tok)
+        cand = scores[..., None] + cand_lp  # (n, k, k)
         new_len = lengths + (~finished).long()  # (n, k)
         ranked = cand / length_penalty(new_len, alpha)[..., None]
         if coverage is not None:  # a finished beam's coverage stays as it was
@@ -114,7 +119,7 @@ def beam_search(
             new_cov = coverage + step_attn  # (n, k, S)
             ranked = ranked + coverage_penalty(new_cov, src_mask[ids][:, None], beta)[..., None]
         _, top = ranked.view(n, -1).topk(k, dim=1)  # (n, k), sorted best first
-        parent, tok = top // logp.shape[-1], top % logp.shape[-1]
+        parent, tok = top // cand_lp.shape[-1], cand_tok.view(n, -1).gather(1, top)
         if coverage is not None:
             coverage = new_cov.gather(1, parent[..., None].expand(-1, -1, new_cov.shape[-1]))
         scores = cand.view(n, -1).gather(1, top)
@@ -132,14 +137,16 @@ def beam_search(
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
+        kept = None
         if keep.numel() < n:  # drop finished sentences from the batch
+            kept = (keep[:, None] * k + torch.arange(k, device=dev)).view(-1)  # their rows
             ids, scores, lengths, finished, history = ids[keep], scores[keep], lengths[keep], finished[keep], history[keep]
             coverage = coverage[keep] if coverage is not None else None
             attn_hist = attn_hist[keep] if attn_hist is not None else None
             rows = rows.view(n, k)[keep].view(-1)
             tok = tok[keep]
             n = keep.numel()
-        state = reorder(state, rows)
+        state = reorder_beams(state, rows, kept)
         tokens = tok.view(-1)
     return results
 

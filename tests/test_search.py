@@ -136,3 +136,15 @@ def test_max_length_is_respected():
     m = BigramModel(table({2: {4: 1.0}, 4: {4: 1.0}}))
     h = beam_search(m, torch.tensor([[7, 7, 3]]), beam=2, max_len_a=1.0, max_len_b=2)[0][0]
     assert len(h.tokens) + 1 == 5
+
+
+def test_reorder_beams_leaves_source_entries_in_place_until_sentences_drop():
+    from nmt.models import reorder_beams
+
+    state = {"src_k": torch.arange(6.0)[:, None], "h": torch.arange(6.0)[:, None]}  # 2 sentences x 3 beams
+    back = torch.tensor([2, 2, 0, 4, 3, 3])  # back-pointers stay within each sentence
+    moved = reorder_beams(state, back)
+    assert moved["src_k"] is state["src_k"]  # not copied
+    assert moved["h"][:, 0].tolist() == [2, 2, 0, 4, 3, 3]
+    dropped = reorder_beams(state, torch.tensor([4, 3, 3]), kept=torch.tensor([3, 4, 5]))  # sentence 0 done
+    assert dropped["src_k"][:, 0].tolist() == [3, 4, 5] and dropped["h"][:, 0].tolist() == [4, 3, 3]

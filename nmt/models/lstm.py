@@ -158,7 +158,7 @@ class LSTMModel(nn.Module):
         else:
             h0 = c0 = enc["memory"].new_zeros(b, c.decoder_layers, c.hidden_size)
         state = {"h": h0, "c": c0, "feed": enc["memory"].new_zeros(b, c.hidden_size), "src_mask": enc["src_mask"]}
-        state.update(self.attention.prepare(enc["memory"]))
+        state.update({f"src_{k}": v for k, v in self.attention.prepare(enc["memory"]).items()})
         zeros = enc["memory"].new_zeros(b, c.heads, enc["memory"].shape[1])  # (B, N, S)
         if c.coverage:
             state["coverage"] = zeros  # sum of the attention of all previous steps (exclusive)
@@ -206,7 +206,7 @@ class LSTMModel(nn.Module):
         """Context ``(B, H)``, weights ``(B, N, S)``, the state entries this attention updates, and
         what hard attention's training needs (``hard_logp``/``hard_entropy`` ``(B,)``, or the soft
         weights for exact marginalisation)."""
-        prepared = {k: v for k, v in state.items() if k.startswith("att_")}
+        prepared = {k[4:]: v for k, v in state.items() if k.startswith("src_att_")}
         features = self._features(state)
         if not self.config.monotonic:
             context, weights = self.attention(query, prepared, state["src_mask"], features, self._window(query, state))
@@ -256,7 +256,7 @@ class LSTMModel(nn.Module):
             context, weights, updates, extras = self._attend(s_t, state)  # query: s_t
         if "soft" in extras:  # exact: h~_i = tanh(W_c [v_i; s_t]) for every position i; feed = sum_i a_i h~_i
             w_v, w_s = self.combine.weight.split(self.config.hidden_size, dim=1)
-            values = state["att_v"][:, 0]  # (B, S, H)
+            values = state["src_att_v"][:, 0]  # (B, S, H)
             extras["per_position"] = torch.tanh(F.linear(values, w_v) + F.linear(s_t, w_s)[:, None])  # (B, S, H)
             feed = (extras["soft"][:, 0, :, None] * extras["per_position"]).sum(1)  # (B, H)
         else:

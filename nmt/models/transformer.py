@@ -266,7 +266,7 @@ class Transformer(nn.Module):
         state = {"src_mask": enc["src_mask"], "step": memory.new_zeros(b, dtype=torch.long)}
         empty = memory.new_zeros(b, h, 0, self.config.d_model // h)
         for i, layer in enumerate(self.decoder):
-            state[f"cross_k{i}"], state[f"cross_v{i}"] = layer.cross_attn.project_kv(memory)
+            state[f"src_k{i}"], state[f"src_v{i}"] = layer.cross_attn.project_kv(memory)
             state[f"self_k{i}"], state[f"self_v{i}"] = empty, empty
         return state
 
@@ -279,7 +279,7 @@ class Transformer(nn.Module):
         x = self._embed(self.tgt_embed, tokens[:, None], start=t)  # (B, 1, D)
         new, weights = dict(state), []
         for i, layer in enumerate(self.decoder):
-            cross = (state[f"cross_k{i}"], state[f"cross_v{i}"])
+            cross = (state[f"src_k{i}"], state[f"src_v{i}"])
             cache = (state[f"self_k{i}"], state[f"self_v{i}"])
             x, w, (new[f"self_k{i}"], new[f"self_v{i}"]) = layer(x, cross, state["src_mask"], cache, need_attention)
             weights.append(w)
