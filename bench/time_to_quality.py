@@ -1,0 +1,216 @@
+"""Time to quality and decoding speed, side by side with OpenNMT-py, in one run.
+
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python bench/time_to_quality.py --onmt ~/venvs/onmt --minutes 20 60
+
+For each toolkit in turn (ours, then OpenNMT-py 3.5.1; install steps in ``side_by_side.py``), train
+the Transformer of ``configs/transformer.toml`` on the same SentencePiece pieces for the largest of
+``--minutes``, keeping a snapshot at every mark; then, for each snapshot, test_2016_flickr BLEU with
+beam 5, and for the last one the whole-process decoding speed (greedy and beam 5, each toolkit's
+default batch size) and peak RSS.
+
+Clocks: ours stops itself at ``train.max_minutes``, which counts from its first update and includes
+its validations (500 sentences, beam 5, every 400 updates); its snapshot is ``best.pt`` (chosen on
+valid BLEU). OpenNMT-py's clock starts at its "Start training loop" line; it validates never, saves a
+checkpoint every 50 updates, and its snapshot is the last checkpoint written before the mark.
+Both learning rates follow the same curve (linear warm-up to 1e-3 over 800 updates, then 1/sqrt).
+OpenNMT-py reads pre-cut pieces, ours raw text: its decoding times exclude SentencePiece, ours include it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table, write_json  # noqa: E402
+from side_by_side import export_pieces, onmt_config  # noqa: E402
+
+# OpenNMT-py's noam is d^-0.5 * min(step^-0.5, step * warmup^-1.5): the same curve as ours when scaled
+# so that its peak (at step = warmup) is our peak learning rate.
+PEAK_LR, WARMUP, D_MODEL = 1e-3, 800, 256
+ONMT_TTQ = f"""decay_method: noam
+learning_rate: {PEAK_LR / (D_MODEL**-0.5 * WARMUP**-0.5):.6f}
+warmup_steps: {WARMUP}
+param_init: 0.0
+param_init_glorot: true
+normalization: tokens
+save_checkpoint_steps: 50
+keep_checkpoint: 3
+"""
+
+
+def timed(cmd: list[str], stdin: Path | None = None, env: dict | None = None) -> tuple[float, str, float]:
+    """Run ``cmd`` to completion; returns (wall seconds, stdout, peak RSS of that child in MiB)."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "r = subprocess.run(sys.argv[1:], stdin=sys.stdin, capture_output=True, text=True); "
+               "dt = time.perf_counter() - t; sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
+               "print(f'\\nWALL {dt} RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
+               "sys.exit(r.returncode)")
+    with open(stdin or os.devnull) as f:
+        r = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdin=f, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{r.stderr[-3000:]}")
+    last = r.stderr.strip().splitlines()[-1].split()
+    return float(last[1]), r.stdout, int(last[3]) / 1024
+
+
+def bleu(hyps: list[str], ref: Path) -> float:
+    from nmt.evaluate import score
+    from nmt.prepare import read_lines
+
+    return score(hyps, read_lines(ref))["bleu"]["score"]
+
+
+def train_ours(data: Path, work: Path, marks: list[float]) -> dict[float, Path]:
+    """Train ours for max(marks) minutes; copy best.pt at every earlier mark (by its own elapsed clock)."""
+    out = work / "ours"
+    cmd = [sys.executable, "-m", "nmt_cli.main", "train", "-c", "configs/transformer.toml", "-o", str(out),
+           "--set", f'data.dir="{data}"', "--set", f"train.max_minutes={max(marks)}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    snaps, pending = {}, sorted(marks)[:-1]
+    try:
+        while proc.poll() is None:
+            time.sleep(5)
+            if pending and (out / "metrics.jsonl").exists():
+                lines = (out / "metrics.jsonl").read_text().splitlines()
+                elapsed = json.loads(lines[-1])["elapsed_s"] if lines else 0.0
+                if elapsed >= pending[0] * 60 and (out / "best.pt").exists():
+                    mark = pending.pop(0)
+                    snaps[mark] = Path(shutil.copy(out / "best.pt", work / f"ours-{mark}min.pt"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode != 0:
+        raise RuntimeError(f"nmt train failed ({proc.returncode})")
+    snaps[max(marks)] = out / "best.pt"
+    return snaps
+
+
+def train_onmt(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
+    """Train OpenNMT-py; at each mark after its training loop starts, keep its last complete checkpoint."""
+    cfg = onmt_config("transformer", work, 10**7, 3000)
+    cfg.write_text(cfg.read_text() + ONMT_TTQ)
+    if not (work / "vocab.txt").exists():
+        subprocess.run([str(venv / "bin/onmt_build_vocab"), "-config", str(cfg), "-n_sample", "-1"], check=True,
+                       capture_output=True)
+    proc = subprocess.Popen([str(venv / "bin/onmt_train"), "-config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started = threading.Event()
+    log = work / "onmt-train.log"
+
+    def watch() -> None:
+        with open(log, "w") as f:
+            for line in proc.stdout:
+                f.write(line)
+                if "Start training loop" in line:
+                    started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not started.wait(600):
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise RuntimeError(f"OpenNMT-py did not start training; see {log}")
+    t0, snaps = time.time(), {}
+    try:
+        for mark in sorted(marks):
+            time.sleep(max(0.0, t0 + mark * 60 - time.time()))
+            if proc.poll() is not None:
+                raise RuntimeError(f"OpenNMT-py stopped early; see {log}")
+            snaps[mark] = Path(shutil.copy(_last_complete(work), work / f"onmt-{mark}min.pt"))
+    finally:  # its data-loader processes too
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return snaps
+
+
+def _last_complete(work: Path) -> Path:
+    """The newest ``transformer_step_N.pt`` that is not being written (unchanged for a second)."""
+    ckpts = sorted(work.glob("transformer_step_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not ckpts:
+        raise RuntimeError("OpenNMT-py wrote no checkpoint before the mark")
+    size = ckpts[-1].stat().st_size
+    time.sleep(1.0)
+    if ckpts[-1].stat().st_size == size or len(ckpts) == 1:
+        return ckpts[-1]
+    return ckpts[-2]
+
+
+def decode_ours(model: Path, src: Path, beam: int) -> tuple[float, list[str], float]:
+    wall, out, rss = timed([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(model), "-i", str(src),
+                            "--beam", str(beam)])
+    return wall, out.splitlines(), rss
+
+
+def decode_onmt(venv: Path, model: Path, pieces: Path, beam: int, work: Path) -> tuple[float, list[str], float]:
+    import sentencepiece as spm
+
+    out = work / f"onmt-hyp-{beam}.txt"
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    wall, _, rss = timed([str(venv / "bin/onmt_translate"), "-model", str(model), "-src", str(pieces),
+                          "-output", str(out), "-beam_size", str(beam)], env=env)
+    sp = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
+    return wall, [sp.decode_pieces(l.split()) for l in out.read_text().splitlines()], rss
+
+
+def evaluate(name: str, snaps: dict[float, Path], decode, src: Path, ref: Path) -> list[dict]:
+    rows = []
+    for mark, ckpt in sorted(snaps.items()):
+        last = mark == max(snaps)
+        row = {"toolkit": name, "minutes": mark}
+        for beam in (5, 1) if last else (5,):
+            wall, hyps, rss = decode(ckpt, beam)
+            n = len(ref.read_text().splitlines())
+            if len(hyps) != n:
+                raise RuntimeError(f"{name} wrote {len(hyps)} lines for {n} inputs")
+            key = "beam5" if beam == 5 else "greedy"
+            row[f"bleu_{key}"] = bleu(hyps, ref)
+            if last:
+                row[f"{key}_sent_s"], row[f"{key}_rss_mb"] = n / wall, rss
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--onmt", type=Path, required=True, help="virtual environment with opennmt-py 3.5.1")
+    ap.add_argument("--data", type=Path, default=Path("prepared/de-en"))
+    ap.add_argument("--minutes", nargs="+", type=float, default=[20.0])
+    ap.add_argument("--out", default="bench/results/time_to_quality.json")
+    args = ap.parse_args()
+    data = args.data.resolve()
+    work = Path(tempfile.mkdtemp(prefix="nmt-ttq-"))
+    export_pieces(data, work)
+    shutil.copy(data / "spm.model", work / "spm.model")
+    src, ref = data / "test.src", data / "test.ref"
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(data / "spm.model"))
+    pieces = work / "test.pieces"
+    pieces.write_text("".join(" ".join(sp.encode(l, out_type=str)) + "\n" for l in src.read_text().splitlines()))
+
+    ours = evaluate("nmt", train_ours(data, work, args.minutes), lambda m, b: decode_ours(m, src, b), src, ref)
+    theirs = evaluate("OpenNMT-py 3.5.1", train_onmt(args.onmt, work, args.minutes),
+                      lambda m, b: decode_onmt(args.onmt, m, pieces, b, work), src, ref)
+    cols = ["toolkit", "minutes", "bleu_beam5", "bleu_greedy", "beam5_sent_s", "greedy_sent_s", "beam5_rss_mb",
+            "greedy_rss_mb"]
+    print(table(ours + theirs, cols))
+    ratios = [{"minutes": a["minutes"], "bleu_beam5_diff": a["bleu_beam5"] - b["bleu_beam5"],
+               **{f"{k}_ratio": a[k] / b[k] for k in ("beam5_sent_s", "greedy_sent_s", "beam5_rss_mb") if k in a}}
+              for a, b in zip(ours, theirs)]
+    print(table(ratios, list(ratios[-1])))
+    write_json(args.out, {"minutes": args.minutes, "rows": ours + theirs, "ratios": ratios, "work": str(work)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
