@@ -104,7 +104,10 @@ def beam_search(
         # Ranking adds a per-beam constant to log p and divides by a per-beam length penalty (the
         # coverage penalty is per beam too), so each beam's k best tokens are its only candidates:
         # one pass over (n, k, V), then everything on (n, k, k).
-        cand_lp, cand_tok = logp.topk(min(k, logp.shape[-1]), dim=-1)  # (n, k, k)
+        # (with coverage, EOS ranks lower than the other tokens of its beam: one more candidate keeps
+        # the k best others whether or not EOS is among them)
+        width = min(k + (coverage is not None), logp.shape[-1])
+        cand_lp, cand_tok = logp.topk(width, dim=-1)  # (n, k, width)
         # a finished beam is carried on unchanged (EOS at no cost); a beam at its length limit must end
         only_eos = finished | (t + 1 >= limit[ids])[:, None]  # (n, k)
         forced = torch.full_like(cand_lp, float("-inf"))
@@ -114,14 +117,20 @@ def beam_search(
         cand = scores[..., None] + cand_lp  # (n, k, k)
         new_len = lengths + (~finished).long()  # (n, k)
         ranked = cand / length_penalty(new_len, alpha)[..., None]
-        if coverage is not None:  # a finished beam's coverage stays as it was
-            step_attn = attn.float().mean((1, 2)).view(n, k, -1) * (~finished)[..., None]
-            new_cov = coverage + step_attn  # (n, k, S)
-            ranked = ranked + coverage_penalty(new_cov, src_mask[ids][:, None], beta)[..., None]
+        if coverage is not None:
+            # The attention of this step counts for every token but EOS: EOS translates no source
+            # word, and its (often diffuse) attention would lift every uncovered position off the
+            # floor, rewarding hypotheses that stop. A finished beam's coverage stays as it was.
+            new_cov = coverage + attn.float().mean((1, 2)).view(n, k, -1)  # (n, k, S)
+            mask = src_mask[ids][:, None]
+            ends = cand_tok == EOS_ID  # (n, k, width)
+            ranked = ranked + torch.where(ends, coverage_penalty(coverage, mask, beta)[..., None],
+                                          coverage_penalty(new_cov, mask, beta)[..., None])
         _, top = ranked.view(n, -1).topk(k, dim=1)  # (n, k), sorted best first
         parent, tok = top // cand_lp.shape[-1], cand_tok.view(n, -1).gather(1, top)
         if coverage is not None:
-            coverage = new_cov.gather(1, parent[..., None].expand(-1, -1, new_cov.shape[-1]))
+            index = parent[..., None].expand(-1, -1, coverage.shape[-1])
+            coverage = torch.where((tok == EOS_ID)[..., None], coverage.gather(1, index), new_cov.gather(1, index))
         scores = cand.view(n, -1).gather(1, top)
         lengths = new_len.gather(1, parent)
         finished = finished.gather(1, parent) | (tok == EOS_ID)

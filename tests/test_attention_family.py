@@ -96,15 +96,15 @@ def test_coverage_penalty_formula_and_back_pointers():
         hyps = beam_search(m, src, beam=3, alpha=0.0, beta=beta, n_best=3, max_len_a=0, max_len_b=4)[0]
         for h in hyps:
             inputs = [2] + h.tokens  # the attention of each step follows the path's own inputs
-            cov = torch.tensor([m.ATT[t] for t in inputs]).sum(0)
+            cov = torch.tensor([m.ATT[t] for t in inputs[:-1]] or [[0.0] * 3]).sum(0)  # not EOS's step
             logp = sum(float(m.logp[a, b]) for a, b in zip(inputs, h.tokens + [3]))
             expected = logp + beta * float(cov.clamp(1e-3, 1).log().sum())
             assert h.score == pytest.approx(expected, abs=1e-5), (beta, h.tokens)
-    # a strong penalty prefers the hypothesis that covers all three source positions: A B EOS
-    # (the attention of a token arrives one step after it is chosen, so the beam must be wide enough)
+    # a strong penalty prefers the shortest hypothesis whose non-EOS steps cover all three source
+    # positions: A B B EOS (steps attend to positions 0, 1, 2; the EOS step's attention does not count)
     wide = dict(beam=6, alpha=0.0, n_best=3, max_len_a=0, max_len_b=4)
     assert beam_search(m, src, beta=0.0, **wide)[0][0].tokens == [5]
-    assert beam_search(m, src, beta=5.0, **wide)[0][0].tokens == [4, 5]
+    assert beam_search(m, src, beta=5.0, **wide)[0][0].tokens == [4, 5, 5]
 
 
 def test_location_aware_previous_attention_matters_and_no_padding_mass():
