@@ -212,9 +212,9 @@ class RecurrentAttention(nn.Module):
         """
         scores = self.raw_scores(query, prepared, features)  # (B, N, 1, S)
         if window is None:
-            _, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, S)
-        else:
-            _, weights = attend(scores, prepared["att_v"], (mask[:, None] & window[0])[:, :, None])
-            weights = weights * window[1][:, :, None]
-        weights = weights[:, :, 0]
+            context, weights = attend(scores, prepared["att_v"], mask)  # (B, N, 1, Dh), (B, N, 1, S)
+            context = context.reshape(query.shape[0], -1)  # (B, N*Dh)
+            return (self.out_proj(context) if self.out_proj is not None else context), weights[:, :, 0]
+        _, weights = attend(scores, prepared["att_v"], (mask[:, None] & window[0])[:, :, None])
+        weights = weights[:, :, 0] * window[1]  # (B, N, S)
         return self.mix(weights, prepared), weights
