@@ -1,15 +1,17 @@
-"""Side by side with OpenNMT-py: training throughput at the same shape, on the same pieces, interleaved.
+"""Side by side with OpenNMT-py (and JoeyNMT): training throughput at the same shape, on the same pieces, interleaved.
 
     python -m venv ~/venvs/onmt && ~/venvs/onmt/bin/pip install torch==2.13.0
     ~/venvs/onmt/bin/pip install --no-deps opennmt-py==3.5.1
     ~/venvs/onmt/bin/pip install configargparse tensorboard pyyaml six "pyonmttok>=1.37,<2" rapidfuzz \\
         pyahocorasick spacy fasttext-wheel waitress flask sentencepiece
-    python bench/side_by_side.py --onmt ~/venvs/onmt --data prepared/de-en --updates 150
+    python -m venv ~/venvs/joey && ~/venvs/joey/bin/pip install torch==2.13.0          # optional: JoeyNMT
+    ~/venvs/joey/bin/pip install joeynmt==2.3.0 importlib_metadata sentencepiece==0.2.0
+    python bench/side_by_side.py --onmt ~/venvs/onmt --joey ~/venvs/joey --data prepared/de-en --updates 150
 
 Both toolkits train on the same SentencePiece pieces of Multi30k (ours from ``prepared/``, OpenNMT-py
 from those ids written out as piece text), the same model shape (``configs/transformer.toml``,
 ``configs/lstm-luong.toml``), the same tokens per batch (``batch_type: tokens``, sentences x longest
-side, as ours) and Adam, for ``--updates`` updates each, in the order ours, theirs, ours, theirs.
+side, as ours; JoeyNMT counts the same way but does not sort by length) and Adam, for ``--updates`` updates each, in the order ours, theirs, ours, theirs.
 Throughput is each toolkit's own report of target tokens/s (median over the reports after the
 first); peak RSS is that of the whole process tree, start-up included. Prints ours / theirs.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import resource
 import statistics
 import subprocess
@@ -60,6 +63,50 @@ share_decoder_embeddings: true
 """,
 }
 OURS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
+JOEY_SHAPES = {
+    "transformer": """  tied_embeddings: true
+  tied_softmax: true
+  encoder:
+    type: transformer
+    num_layers: 3
+    num_heads: 4
+    embeddings: {embedding_dim: 256, scale: true}
+    hidden_size: 256
+    ff_size: 1024
+    dropout: 0.2
+    layer_norm: pre
+  decoder:
+    type: transformer
+    num_layers: 3
+    num_heads: 4
+    embeddings: {embedding_dim: 256, scale: true}
+    hidden_size: 256
+    ff_size: 1024
+    dropout: 0.2
+    layer_norm: pre
+""",
+    "lstm": """  tied_embeddings: true
+  tied_softmax: true
+  encoder:
+    type: recurrent
+    rnn_type: lstm
+    num_layers: 2
+    bidirectional: true
+    embeddings: {embedding_dim: 256}
+    hidden_size: 128
+    dropout: 0.3
+  decoder:
+    type: recurrent
+    rnn_type: lstm
+    num_layers: 2
+    embeddings: {embedding_dim: 256}
+    hidden_size: 256
+    attention: luong
+    input_feeding: true
+    init_hidden: bridge
+    dropout: 0.3
+""",
+}
 
 
 def export_pieces(data: Path, work: Path) -> None:
@@ -153,9 +200,70 @@ def run_ours(model: str, data: Path, work: Path, updates: int, batch_tokens: int
             "peak_rss_mb": peak, "reports": len(speeds)}
 
 
+def joey_config(model: str, work: Path, updates: int, batch_tokens: int) -> Path:
+    """JoeyNMT 2.3 reads the same piece files at word level, with the SentencePiece vocabulary."""
+    import sentencepiece as spm
+
+    vocab = work / "joey-vocab.txt"
+    if not vocab.exists():
+        sp = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i) and not sp.is_unknown(i)]
+        vocab.write_text("\n".join(pieces) + "\n")
+    side = "{lang: %s, level: word, lowercase: false, normalize: false, max_length: 250, voc_file: %s, tokenizer_type: basic}"
+    cfg = f"""name: sbs-{model}
+joeynmt_version: 2.3.0
+model_dir: {work}/joey-{model}
+use_cuda: false
+data:
+  train: {work}/train
+  dev: {work}/valid
+  dataset_type: plain
+  src: {side % ("src", vocab)}
+  trg: {side % ("tgt", vocab)}
+testing:
+  beam_size: 5
+  alpha: 0.6
+training:
+  random_seed: 1
+  optimizer: adam
+  adam_betas: [0.9, 0.998]
+  learning_rate: 0.001
+  scheduling: warmupinversesquareroot
+  learning_rate_warmup: 800
+  label_smoothing: 0.1
+  clip_grad_norm: 1.0
+  normalization: tokens
+  batch_size: {batch_tokens}
+  batch_type: token
+  updates: {updates}
+  epochs: 100
+  validation_freq: 1000000
+  logging_freq: 10
+  overwrite: true
+  shuffle: true
+  use_cuda: false
+model:
+  initializer: xavier_uniform
+""" + JOEY_SHAPES[model]
+    path = work / f"joey-{model}.yaml"
+    path.write_text(cfg)
+    return path
+
+
+def run_joey(venv: Path, model: str, work: Path, updates: int, batch_tokens: int) -> dict:
+    cfg = joey_config(model, work, updates, batch_tokens)
+    out, peak = measured([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"])
+    speeds = [float(x) for x in re.findall(r"Tokens per Sec:\s+(\d+)", out)]
+    if len(speeds) < 2:
+        raise RuntimeError(f"no tokens/s reports in JoeyNMT's log:\n{out[-2000:]}")
+    return {"toolkit": "JoeyNMT 2.3.0", "model": model, "tgt_tok_s": statistics.median(speeds[1:]),
+            "peak_rss_mb": peak, "reports": len(speeds)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--onmt", type=Path, required=True, help="virtual environment with opennmt-py 3.5.1")
+    ap.add_argument("--joey", type=Path, help="virtual environment with joeynmt 2.3.0 (optional)")
     ap.add_argument("--data", type=Path, default=Path("prepared/de-en"))
     ap.add_argument("--models", nargs="+", default=["transformer", "lstm"], choices=list(OURS))
     ap.add_argument("--updates", type=int, default=150)
@@ -164,16 +272,20 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nmt-sbs-"))
     export_pieces(args.data, work)
+    shutil.copy(args.data / "spm.model", work / "spm.model")
     rows, ratios = [], []
     for model in args.models:
         ours = run_ours(model, args.data.resolve(), work, args.updates, args.batch_tokens)
-        theirs = run_onmt(args.onmt, model, work, args.updates, args.batch_tokens)
-        rows += [ours, theirs]
-        ratios.append({"model": model, "tok_s_ratio": ours["tgt_tok_s"] / theirs["tgt_tok_s"],
-                       "rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"]})
-        print(json.dumps(rows[-2:]), file=sys.stderr, flush=True)
+        others = [run_onmt(args.onmt, model, work, args.updates, args.batch_tokens)]
+        if args.joey:
+            others.append(run_joey(args.joey, model, work, args.updates, args.batch_tokens))
+        rows += [ours, *others]
+        for theirs in others:
+            ratios.append({"model": model, "versus": theirs["toolkit"], "tok_s_ratio": ours["tgt_tok_s"] / theirs["tgt_tok_s"],
+                           "rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"]})
+        print(json.dumps(rows[-1 - len(others):]), file=sys.stderr, flush=True)
     print(table(rows, ["toolkit", "model", "tgt_tok_s", "peak_rss_mb", "reports"]))
-    print(table(ratios, ["model", "tok_s_ratio", "rss_ratio"]))
+    print(table(ratios, ["model", "versus", "tok_s_ratio", "rss_ratio"]))
     write_json(args.out, {"updates": args.updates, "batch_tokens": args.batch_tokens, "rows": rows, "ratios": ratios})
     return 0
 
