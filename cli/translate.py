@@ -15,7 +15,9 @@ def translate(
                                                   help="Input file (default: stdin).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy).")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1, help="Sentences per decoding batch.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="At most this many sentences per decoding batch.")] = 128,
+    batch_tokens: Annotated[int, typer.Option(min=0, help="And at most beam x sentences x longest source "
+                                                          "(bounds beam search's memory; 0 = no limit).")] = 5_000,
     length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha (0 = none).")] = 0.6,
     coverage_penalty: Annotated[float, typer.Option(help="GNMT coverage penalty beta (0 = off).")] = 0.0,
     max_len_a: Annotated[float, typer.Option(help="Output length limit: a * source length + b.")] = 1.5,
@@ -51,7 +53,7 @@ def translate(
         net, vocab = model_from_checkpoint(load_checkpoint(model))
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
-                             n_best=min(n_best, beam), batch_size=batch_size,
+                             n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
                              coverage_penalty=coverage_penalty)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,

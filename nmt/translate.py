@@ -36,7 +36,8 @@ class SearchOptions:
     max_len_b: int = 10
     n_best: int = 1
     coverage_penalty: float = 0.0  # GNMT beta (0 = off)
-    batch_size: int = 128  # sentences per decoding batch
+    batch_size: int = 128  # at most this many sentences per decoding batch
+    batch_tokens: int = 5_000  # and at most this many hypotheses x longest source (0 = no limit)
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
 
 
@@ -63,6 +64,22 @@ def quantize(model, mode: str, device):
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
         return quantize_dynamic(model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8, inplace=True)
+
+
+def length_batches(lengths: list[int], max_sentences: int, max_tokens: int = 0) -> list[list[int]]:
+    """Cut positions ``0..n-1`` of length-sorted ``lengths`` into consecutive batches of at most
+    ``max_sentences`` sentences and (when ``max_tokens`` > 0) at most ``max_tokens`` tokens counted
+    as sentences x longest: long sentences come in smaller batches, which bounds the memory of
+    beam search (its state grows with hypotheses x length). A single sentence always fits."""
+    batches, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and end - start < max_sentences and \
+                (not max_tokens or (end + 1 - start) * lengths[end] <= max_tokens):
+            end += 1
+        batches.append(list(range(start, end)))
+        start = end
+    return batches
 
 
 class Translator:
@@ -95,8 +112,9 @@ class Translator:
         ids = self._encode([cleaned[i] for i in todo])
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
         self.model.eval()
-        for start in range(0, len(order), self.opt.batch_size):
-            chunk = order[start : start + self.opt.batch_size]
+        budget = self.opt.batch_tokens // self.opt.beam  # in sentences x longest
+        for chunk in length_batches([len(ids[j]) for j in order], self.opt.batch_size, budget):
+            chunk = [order[i] for i in chunk]
             width = max(len(ids[j]) for j in chunk)
             src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
             for row, j in enumerate(chunk):

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import random
 
 import pytest
 import torch
@@ -148,3 +149,15 @@ def test_reorder_beams_leaves_source_entries_in_place_until_sentences_drop():
     assert moved["h"][:, 0].tolist() == [2, 2, 0, 4, 3, 3]
     dropped = reorder_beams(state, torch.tensor([4, 3, 3]), kept=torch.tensor([3, 4, 5]))  # sentence 0 done
     assert dropped["src_k"][:, 0].tolist() == [3, 4, 5] and dropped["h"][:, 0].tolist() == [4, 3, 3]
+
+
+def test_length_batches_cap_sentences_and_tokens():
+    from nmt.translate import length_batches
+
+    assert length_batches([1, 2, 3, 4, 5], max_sentences=2) == [[0, 1], [2, 3], [4]]
+    # sentences x longest <= 20: long sentences come in smaller batches; one alone always fits
+    assert length_batches([2, 2, 2, 10, 10, 30], max_sentences=10, max_tokens=20) == [[0, 1, 2], [3, 4], [5]]
+    lengths = sorted(random.Random(0).randint(1, 60) for _ in range(500))
+    batches = length_batches(lengths, 128, 1000)
+    assert [i for b in batches for i in b] == list(range(500))
+    assert all(len(b) <= 128 and (len(b) == 1 or len(b) * lengths[b[-1]] <= 1000) for b in batches)
