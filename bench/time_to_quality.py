@@ -6,7 +6,8 @@ For each toolkit in turn (ours, then OpenNMT-py 3.5.1; install steps in ``side_b
 the Transformer of ``configs/transformer.toml`` on the same SentencePiece pieces for the largest of
 ``--minutes``, keeping a snapshot at every mark; then, for each snapshot, test_2016_flickr BLEU with
 beam 5, and for the last one the whole-process decoding speed (greedy and beam 5, each toolkit's
-default batch size) and peak RSS.
+default batch size; median of ``--repeats`` runs, the toolkits interleaved) and peak RSS.
+``--reuse WORK`` decodes the snapshots of an earlier run again without training.
 
 Clocks: ours stops itself at ``train.max_minutes``, which counts from its first update and includes
 its validations (500 sentences, beam 5, every 400 updates); its snapshot is ``best.pt`` (chosen on
@@ -24,6 +25,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,23 +163,35 @@ def decode_onmt(venv: Path, model: Path, pieces: Path, beam: int, work: Path) ->
     return wall, [sp.decode_pieces(l.split()) for l in out.read_text().splitlines()], rss
 
 
-def evaluate(name: str, snaps: dict[float, Path], decode, src: Path, ref: Path) -> list[dict]:
+def evaluate(name: str, snaps: dict[float, Path], decode, ref: Path) -> list[dict]:
+    """test BLEU of every snapshot with beam 5 (and greedy for the last)."""
     rows = []
+    n = len(ref.read_text().splitlines())
     for mark, ckpt in sorted(snaps.items()):
-        last = mark == max(snaps)
         row = {"toolkit": name, "minutes": mark}
-        for beam in (5, 1) if last else (5,):
-            wall, hyps, rss = decode(ckpt, beam)
-            n = len(ref.read_text().splitlines())
+        for beam in (5, 1) if mark == max(snaps) else (5,):
+            _, hyps, _ = decode(ckpt, beam)
             if len(hyps) != n:
                 raise RuntimeError(f"{name} wrote {len(hyps)} lines for {n} inputs")
-            key = "beam5" if beam == 5 else "greedy"
-            row[f"bleu_{key}"] = bleu(hyps, ref)
-            if last:
-                row[f"{key}_sent_s"], row[f"{key}_rss_mb"] = n / wall, rss
+            row["bleu_beam5" if beam == 5 else "bleu_greedy"] = bleu(hyps, ref)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
+
+
+def decode_speed(runs: list, n: int, repeats: int) -> None:
+    """Whole-process sentences/s (median of ``repeats``, the toolkits interleaved) and peak RSS (the
+    largest) of each toolkit's last snapshot, greedy and beam 5, added to its last row. ``runs``:
+    (row, decode function, checkpoint) per toolkit."""
+    for beam, key in ((5, "beam5"), (1, "greedy")):
+        walls, rss = {id(r): [] for r, _, _ in runs}, {id(r): 0.0 for r, _, _ in runs}
+        for _ in range(repeats):
+            for row, decode, ckpt in runs:
+                wall, _, peak = decode(ckpt, beam)
+                walls[id(row)].append(wall)
+                rss[id(row)] = max(rss[id(row)], peak)
+        for row, _, _ in runs:
+            row[f"{key}_sent_s"], row[f"{key}_rss_mb"] = n / statistics.median(walls[id(row)]), rss[id(row)]
 
 
 def main() -> int:
@@ -185,12 +199,15 @@ def main() -> int:
     ap.add_argument("--onmt", type=Path, required=True, help="virtual environment with opennmt-py 3.5.1")
     ap.add_argument("--data", type=Path, default=Path("prepared/de-en"))
     ap.add_argument("--minutes", nargs="+", type=float, default=[20.0])
+    ap.add_argument("--repeats", type=int, default=3, help="decoding speed: median of this many runs")
+    ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run: decode its snapshots again, no training")
     ap.add_argument("--out", default="bench/results/time_to_quality.json")
     args = ap.parse_args()
     data = args.data.resolve()
-    work = Path(tempfile.mkdtemp(prefix="nmt-ttq-"))
-    export_pieces(data, work)
-    shutil.copy(data / "spm.model", work / "spm.model")
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="nmt-ttq-"))
+    if not args.reuse:
+        export_pieces(data, work)
+        shutil.copy(data / "spm.model", work / "spm.model")
     src, ref = data / "test.src", data / "test.ref"
     import sentencepiece as spm
 
@@ -198,9 +215,19 @@ def main() -> int:
     pieces = work / "test.pieces"
     pieces.write_text("".join(" ".join(sp.encode(l, out_type=str)) + "\n" for l in src.read_text().splitlines()))
 
-    ours = evaluate("nmt", train_ours(data, work, args.minutes), lambda m, b: decode_ours(m, src, b), src, ref)
-    theirs = evaluate("OpenNMT-py 3.5.1", train_onmt(args.onmt, work, args.minutes),
-                      lambda m, b: decode_onmt(args.onmt, m, pieces, b, work), src, ref)
+    if args.reuse:
+        last = max(args.minutes)
+        ours_snaps = {m: work / (f"ours-{m}min.pt" if m != last else "ours/best.pt") for m in args.minutes}
+        onmt_snaps = {m: work / f"onmt-{m}min.pt" for m in args.minutes}
+    else:
+        ours_snaps = train_ours(data, work, args.minutes)
+        onmt_snaps = train_onmt(args.onmt, work, args.minutes)
+    dec_ours = lambda m, b: decode_ours(m, src, b)  # noqa: E731
+    dec_onmt = lambda m, b: decode_onmt(args.onmt, m, pieces, b, work)  # noqa: E731
+    ours, theirs = evaluate("nmt", ours_snaps, dec_ours, ref), evaluate("OpenNMT-py 3.5.1", onmt_snaps, dec_onmt, ref)
+    last = max(args.minutes)
+    decode_speed([(ours[-1], dec_ours, ours_snaps[last]), (theirs[-1], dec_onmt, onmt_snaps[last])],
+                 len(ref.read_text().splitlines()), args.repeats)
     cols = ["toolkit", "minutes", "bleu_beam5", "bleu_greedy", "beam5_sent_s", "greedy_sent_s", "beam5_rss_mb",
             "greedy_rss_mb"]
     print(table(ours + theirs, cols))
