@@ -200,7 +200,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path("prepared/de-en"))
     ap.add_argument("--minutes", nargs="+", type=float, default=[20.0])
     ap.add_argument("--repeats", type=int, default=3, help="decoding speed: median of this many runs")
-    ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run: decode its snapshots again, no training")
+    ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run (give the same --minutes): decode its snapshots again, no training")
     ap.add_argument("--out", default="bench/results/time_to_quality.json")
     args = ap.parse_args()
     data = args.data.resolve()

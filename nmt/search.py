@@ -1,7 +1,8 @@
 """One search for every model: greedy and batched beam search over the model contract.
 
-Both functions see a model only through ``encode / init_state / step`` and :func:`reorder`
-(see :mod:`nmt.models`), so a new model needs no change here. Beam search is batched over
+Both functions see a model only through ``encode / init_state / step``, :func:`reorder` and
+:func:`reorder_beams` (see :mod:`nmt.models`: state entries named ``src_*`` are per sentence), so a
+new model needs no change here. Beam search is batched over
 sentences and beams, keeps finished hypotheses in place (a finished beam can only be extended by
 EOS at no cost), follows back-pointers with tensor gathers, and drops a sentence from the batch
 as soon as its best ``n_best`` hypotheses are finished.
@@ -41,7 +42,8 @@ def coverage_penalty(coverage: Tensor, src_mask: Tensor, beta: float) -> Tensor:
 
     coverage ``(..., S)`` is the attention summed over the output steps so far, src_mask ``(..., S)``
     True = real source position. Source positions never attended are floored at 1e-3 (log = -6.9)
-    instead of -inf. Returns ``(...)``, <= 0; a hypothesis is ranked by ``log P / lp + cp``.
+    instead of -inf. Returns ``(...)``, <= 0; a hypothesis is ranked by ``log P / lp + cp``. Beam
+    search leaves the attention of the step that emits EOS out of the coverage.
     """
     clipped = coverage.clamp(min=1e-3, max=1.0).log()
     return beta * (clipped * src_mask).sum(-1)
@@ -77,8 +79,9 @@ def beam_search(
 
     Scores are ``log P / length_penalty(len, alpha) + coverage_penalty(beta)``, with the length
     counting EOS. The coverage penalty (beta > 0) works with any model whose ``step`` returns
-    attention (averaged over layers and heads). With ``beam = 1`` and beta = 0 this is exactly
-    greedy search.
+    non-negative attention (averaged over layers and heads); the attention of the step that emits
+    EOS does not count as coverage (EOS translates no source word). With ``beam = 1`` and beta = 0
+    this is exactly greedy search.
     """
     n_best = min(n_best, beam)
     enc = model.encode(src)
@@ -103,9 +106,9 @@ def beam_search(
         logp = logp.view(n, k, -1)  # (n, k, V)
         # Ranking adds a per-beam constant to log p and divides by a per-beam length penalty (the
         # coverage penalty is per beam too), so each beam's k best tokens are its only candidates:
-        # one pass over (n, k, V), then everything on (n, k, k).
-        # (with coverage, EOS ranks lower than the other tokens of its beam: one more candidate keeps
-        # the k best others whether or not EOS is among them)
+        # one pass over (n, k, V), then everything on (n, k, width). With coverage, EOS gets the
+        # penalty of the old coverage, never above the others' (attention >= 0): one more candidate
+        # keeps the k best other tokens whether or not EOS is among them.
         width = min(k + (coverage is not None), logp.shape[-1])
         cand_lp, cand_tok = logp.topk(width, dim=-1)  # (n, k, width)
         # a finished beam is carried on unchanged (EOS at no cost); a beam at its length limit must end
@@ -114,7 +117,7 @@ def beam_search(
         forced[..., 0] = torch.where(finished, 0.0, logp[..., EOS_ID])
         cand_lp = torch.where(only_eos[..., None], forced, cand_lp)
         cand_tok = torch.where(only_eos[..., None], EOS_ID, cand_tok)
-        cand = scores[..., None] + cand_lp  # (n, k, k)
+        cand = scores[..., None] + cand_lp  # (n, k, width)
         new_len = lengths + (~finished).long()  # (n, k)
         ranked = cand / length_penalty(new_len, alpha)[..., None]
         if coverage is not None:

@@ -112,7 +112,7 @@ class Translator:
         ids = self._encode([cleaned[i] for i in todo])
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
         self.model.eval()
-        budget = self.opt.batch_tokens // self.opt.beam  # in sentences x longest
+        budget = max(1, self.opt.batch_tokens // self.opt.beam) if self.opt.batch_tokens else 0  # sentences x longest
         for chunk in length_batches([len(ids[j]) for j in order], self.opt.batch_size, budget):
             chunk = [order[i] for i in chunk]
             width = max(len(ids[j]) for j in chunk)

@@ -239,3 +239,17 @@ def test_monotonic_learns_copy_but_not_reverse():
     copy = monotonic_task_accuracy(reverse=False)
     assert copy >= 0.95
     assert monotonic_task_accuracy(reverse=True) < copy - 0.15
+
+
+@pytest.mark.parametrize("kw", [dict(copy=True, coverage=True), dict(location_filters=2, heads=2)])
+def test_lstm_batched_beam_search_equals_one_sentence_at_a_time(kw):
+    """The per-sentence state (src_att_*, src_ids, src_mask) survives sentences leaving the batch."""
+    torch.manual_seed(0)
+    m = lstm(**kw)
+    src, _ = random_batch(b=3)
+    for beta in (0.0, 0.3):
+        together = beam_search(m, src, beam=3, beta=beta, max_len_a=0, max_len_b=5)
+        alone = [beam_search(m, src[i : i + 1, : int((src[i] != 0).sum())], beam=3, beta=beta, max_len_a=0,
+                             max_len_b=5)[0] for i in range(3)]
+        assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
+        assert [h[0].score for h in together] == pytest.approx([h[0].score for h in alone], abs=1e-4)

@@ -194,3 +194,12 @@ def test_quantize_int8_replaces_linear_and_lstm_layers():
         a, b = m.step(torch.full((2,), 2), m.init_state(m.encode(src)))[0], q.step(torch.full((2,), 2),
                                                                                   q.init_state(q.encode(src)))[0]
     assert 0 < (a - b).abs().max() < 0.1  # int8 weights: close to the float model, not equal
+
+
+def test_translate_batch_tokens_changes_batches_not_output(trained_small, multi30k_small):
+    src = multi30k_small["test_2016_flickr.de"]
+    outs = [invoke("translate", "-m", trained_small / "best.pt", "-i", src, "--beam", 3, "--batch-tokens", n)
+            for n in (0, 1, 200)]  # no limit; one sentence per batch (below the beam); a few per batch
+    assert all(r.exit_code == 0 for r in outs), outs[0].output
+    assert outs[0].stdout == outs[1].stdout == outs[2].stdout
+    assert outs[0].stdout.count("\n") == len(open(src, encoding="utf-8").read().splitlines())
