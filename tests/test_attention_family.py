@@ -253,3 +253,49 @@ def test_lstm_batched_beam_search_equals_one_sentence_at_a_time(kw):
                              max_len_b=5)[0] for i in range(3)]
         assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
         assert [h[0].score for h in together] == pytest.approx([h[0].score for h in alone], abs=1e-4)
+
+
+def reference_beam(logp, att, beam, beta, alpha, limit):
+    """A plain full-ranking beam search over one sentence (every token of every beam ranked), with
+    the same rules: EOS's step adds no coverage, finished beams carry EOS at no cost."""
+    beams = [((), 0.0, torch.zeros(att.shape[1]), False)]  # tokens, log P, coverage, finished
+    for t in range(limit):
+        cands = []
+        for toks, score, cov, done in beams:
+            if done:
+                cands.append((toks, score, cov, True))
+                continue
+            prev = toks[-1] if toks else 2
+            for v in ([3] if t + 1 >= limit else range(logp.shape[1])):
+                new_cov = cov if v == 3 else cov + att[prev]
+                cands.append((toks + (v,), score + float(logp[prev, v]), new_cov, v == 3))
+
+        def rank(c):
+            return c[1] / ((5 + len(c[0])) / 6) ** alpha + beta * float(c[2].clamp(1e-3, 1).log().sum())
+
+        beams = sorted(cands, key=rank, reverse=True)[:beam]
+        if beams[0][3]:
+            return list(beams[0][0][:-1]), rank(beams[0])
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_with_coverage_equals_full_ranking(seed):
+    """The search ranks only each beam's k+1 best tokens; a plain search that ranks all gives the same."""
+    g = torch.Generator().manual_seed(seed)
+    v = 9
+    probs = torch.softmax(torch.randn(v, v, generator=g) * 2, -1)
+    probs[:, :3] = 0
+    probs = probs / probs.sum(-1, keepdim=True)
+    att = torch.softmax(torch.randn(v, 4, generator=g) * 3, -1)  # attention over 4 source positions, by input token
+
+    class Model(BigramModel):
+        def step(self, tokens, state, need_attention=False):
+            logp, new, _ = super().step(tokens, state)
+            return logp, new, att[tokens][:, None, None, :]
+
+    for beta in (0.0, 0.5, 3.0):
+        hyp = beam_search(Model(probs), torch.tensor([[5, 6, 7, 3]]), beam=3, alpha=0.6, beta=beta, max_len_a=0,
+                          max_len_b=6)[0][0]
+        tokens, score = reference_beam(probs.clamp_min(1e-30).log(), att, 3, beta, 0.6, 6)
+        assert hyp.tokens == tokens and hyp.score == pytest.approx(score, abs=1e-4), beta
