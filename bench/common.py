@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,3 +37,21 @@ def _fmt(v) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, str, str, float]:
+    """Run ``cmd`` to completion in a fresh wrapper process, so that the peak RSS is this command's
+    alone (its own children included). Returns (wall seconds, stdout, stderr, peak RSS in MiB);
+    raises with the tail of the output when the command fails."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "r = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True, text=True); "
+               "dt = time.perf_counter() - t; sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
+               "print(f'\\nWALL {dt} RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
+               "sys.exit(r.returncode)")
+    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{(r.stdout + r.stderr)[-3000:]}")
+    *err, last = r.stderr.rstrip().splitlines()
+    _, wall, _, rss = last.split()
+    return float(wall), r.stdout, "\n".join(err), int(rss) / 1024

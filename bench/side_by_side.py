@@ -22,7 +22,6 @@ import argparse
 import json
 import re
 import shutil
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
+from common import run_measured, table, write_json  # noqa: E402
 
 ONMT_SHAPES = {
     "transformer": """encoder_type: transformer
@@ -63,28 +62,18 @@ share_decoder_embeddings: true
 """,
 }
 OURS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
+_JOEY_TRANSFORMER = """    type: transformer
+    num_layers: 3
+    num_heads: 4
+    embeddings: {embedding_dim: 256, scale: true}
+    hidden_size: 256
+    ff_size: 1024
+    dropout: 0.2
+    layer_norm: pre
+"""
 JOEY_SHAPES = {
-    "transformer": """  tied_embeddings: true
-  tied_softmax: true
-  encoder:
-    type: transformer
-    num_layers: 3
-    num_heads: 4
-    embeddings: {embedding_dim: 256, scale: true}
-    hidden_size: 256
-    ff_size: 1024
-    dropout: 0.2
-    layer_norm: pre
-  decoder:
-    type: transformer
-    num_layers: 3
-    num_heads: 4
-    embeddings: {embedding_dim: 256, scale: true}
-    hidden_size: 256
-    ff_size: 1024
-    dropout: 0.2
-    layer_norm: pre
-""",
+    "transformer": "  tied_embeddings: true\n  tied_softmax: true\n  encoder:\n" + _JOEY_TRANSFORMER
+                   + "  decoder:\n" + _JOEY_TRANSFORMER,
     "lstm": """  tied_embeddings: true
   tied_softmax: true
   encoder:
@@ -162,16 +151,10 @@ model_dtype: fp32
     return path
 
 
-def measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[str, float]:
-    """Run ``cmd`` in a fresh wrapper process; returns (stdout + stderr, peak RSS of its tree in MiB)."""
-    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
-               "sys.stdout.write(r.stdout + r.stderr); "
-               "print('\\nPEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=cwd)
-    if r.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed:\n{r.stdout[-3000:]}")
-    peak = int(re.findall(r"PEAK_RSS_KB (\d+)", r.stdout)[-1]) / 1024
-    return r.stdout, peak
+def measured(cmd: list[str]) -> tuple[str, float]:
+    """Run ``cmd``; returns (stdout + stderr, peak RSS of its process tree in MiB)."""
+    _, out, err, peak = run_measured(cmd)
+    return out + err, peak
 
 
 def run_onmt(venv: Path, model: str, work: Path, updates: int, batch_tokens: int) -> dict:

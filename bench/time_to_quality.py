@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
+from common import run_measured, table, write_json  # noqa: E402
 from side_by_side import export_pieces, onmt_config  # noqa: E402
 
 # OpenNMT-py's noam is d^-0.5 * min(step^-0.5, step * warmup^-1.5): the same curve as ours when scaled
@@ -49,21 +48,6 @@ normalization: tokens
 save_checkpoint_steps: 50
 keep_checkpoint: 3
 """
-
-
-def timed(cmd: list[str], stdin: Path | None = None, env: dict | None = None) -> tuple[float, str, float]:
-    """Run ``cmd`` to completion; returns (wall seconds, stdout, peak RSS of that child in MiB)."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "r = subprocess.run(sys.argv[1:], stdin=sys.stdin, capture_output=True, text=True); "
-               "dt = time.perf_counter() - t; sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
-               "print(f'\\nWALL {dt} RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
-               "sys.exit(r.returncode)")
-    with open(stdin or os.devnull) as f:
-        r = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdin=f, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{r.stderr[-3000:]}")
-    last = r.stderr.strip().splitlines()[-1].split()
-    return float(last[1]), r.stdout, int(last[3]) / 1024
 
 
 def bleu(hyps: list[str], ref: Path) -> float:
@@ -147,8 +131,8 @@ def _last_complete(work: Path) -> Path:
 
 
 def decode_ours(model: Path, src: Path, beam: int) -> tuple[float, list[str], float]:
-    wall, out, rss = timed([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(model), "-i", str(src),
-                            "--beam", str(beam)])
+    wall, out, _, rss = run_measured([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(model), "-i",
+                                      str(src), "--beam", str(beam)])
     return wall, out.splitlines(), rss
 
 
@@ -157,8 +141,8 @@ def decode_onmt(venv: Path, model: Path, pieces: Path, beam: int, work: Path) ->
 
     out = work / f"onmt-hyp-{beam}.txt"
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    wall, _, rss = timed([str(venv / "bin/onmt_translate"), "-model", str(model), "-src", str(pieces),
-                          "-output", str(out), "-beam_size", str(beam)], env=env)
+    wall, _, _, rss = run_measured([str(venv / "bin/onmt_translate"), "-model", str(model), "-src", str(pieces),
+                                    "-output", str(out), "-beam_size", str(beam)], env=env)
     sp = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
     return wall, [sp.decode_pieces(l.split()) for l in out.read_text().splitlines()], rss
 
