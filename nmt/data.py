@@ -90,7 +90,7 @@ def make_batches(
     batches: list[list[int]] = []
     for start in range(0, n, pool_size):
         chunk = order[start : start + pool_size]
-        chunk = chunk[torch.argsort(longest[chunk] * 4096 + src_len[chunk], stable=True)].tolist()
+        chunk = chunk[torch.argsort(longest[chunk] * 4096 + tgt_len[chunk], stable=True)].tolist()  # ties: less target padding
         current, width = [], 0
         for i in chunk:
             w = max(width, int(longest[i]))

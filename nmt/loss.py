@@ -11,35 +11,35 @@ from nmt.vocab import PAD_ID
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Label-smoothed cross-entropy over rows of logits, forward and backward each in a few passes.
 
-    With ``lse = logsumexp(x)`` and V classes, per row::
+    With ``log p = log_softmax(x)`` and V classes, per row::
 
-        nll  = lse - x_y
-        loss = (1 - eps) * nll + eps * (lse - mean_v x_v)
+        nll  = -log p_y
+        loss = (1 - eps) * nll + eps * mean_v(-log p_v)
         d loss / d x = softmax(x) - (1 - eps) * onehot(y) - eps / V
 
-    Autograd through log_softmax + gather + mean would materialise several (N, V) tensors in the
-    backward pass; this writes one.
+    The forward pass is one fused ``log_softmax`` and one mean (``torch.logsumexp`` is several
+    passes); the backward pass recomputes ``softmax(x)`` (one fused pass, cheaper than ``exp`` of a
+    saved ``log p``) and edits it in place, so it writes one (N, V) tensor where autograd through
+    log_softmax + gather + mean would materialise several.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, keep: Tensor, eps: float):
-        x = logits.float()
-        lse = torch.logsumexp(x, dim=-1)  # (N,)
-        nll = lse - x.gather(1, target[:, None]).squeeze(1)
-        loss = (1 - eps) * nll + eps * (lse - x.mean(-1)) if eps else nll
-        ctx.save_for_backward(logits, target, lse, keep)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+        nll = -logp.gather(1, target[:, None]).squeeze(1)  # (N,)
+        loss = (1 - eps) * nll - eps * logp.mean(-1) if eps else nll
+        ctx.save_for_backward(logits, target, keep)
         ctx.eps = eps
         return (loss * keep).sum(), (nll * keep).sum()
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):
-        logits, target, lse, keep = ctx.saved_tensors
+        logits, target, keep = ctx.saved_tensors
         eps = ctx.eps
-        grad = logits.float() - lse[:, None]
-        grad.exp_()  # softmax
+        grad = torch.softmax(logits.float(), dim=-1)  # (N, V)
         if eps:
             grad.sub_(eps / logits.shape[-1])
-        grad.scatter_add_(1, target[:, None], torch.full_like(lse[:, None], -(1 - eps)))
+        grad.scatter_add_(1, target[:, None], torch.full_like(grad[:, :1], -(1 - eps)))
         grad.mul_((grad_loss * keep)[:, None])  # padding rows get no gradient
         return grad.to(logits.dtype), None, None, None
 

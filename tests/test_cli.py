@@ -196,6 +196,28 @@ def test_quantize_int8_replaces_linear_and_lstm_layers():
     assert 0 < (a - b).abs().max() < 0.1  # int8 weights: close to the float model, not equal
 
 
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_quantize_int8_reaches_a_tied_output_layer(kind):
+    import copy
+
+    import torch
+
+    from nmt.models import build_model, model_config_class, untie_output
+    from nmt.translate import quantize
+
+    cfg = model_config_class(kind)(vocab_size=40, **({"embed_size": 16, "hidden_size": 16} if kind == "lstm" else
+                                                     {"d_model": 16, "heads": 2, "ff_size": 32}), tie_embeddings=True)
+    m = build_model(kind, cfg).eval()
+    src, bos = torch.randint(4, 40, (2, 5)), torch.full((2,), 2)
+    with torch.inference_mode():
+        ref = m.step(bos, m.init_state(m.encode(src)))[0]
+        u = untie_output(copy.deepcopy(m))
+        torch.testing.assert_close(u.step(bos, u.init_state(u.encode(src)))[0], ref)  # untying keeps the logits
+        q = quantize(copy.deepcopy(m), "int8", "cpu")
+        assert type(q.output).__module__ == "torch.ao.nn.quantized.dynamic.modules.linear"
+        assert 0 < (q.step(bos, q.init_state(q.encode(src)))[0] - ref).abs().max() < 0.1
+
+
 def test_translate_batch_tokens_changes_batches_not_output(trained_small, multi30k_small):
     src = multi30k_small["test_2016_flickr.de"]
     outs = [invoke("translate", "-m", trained_small / "best.pt", "-i", src, "--beam", 3, "--batch-tokens", n)

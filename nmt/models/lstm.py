@@ -237,12 +237,14 @@ class LSTMModel(nn.Module):
         extras = {"hard_logp": sample_log_prob(weights, one_hot), "hard_entropy": entropy(weights)} if sample else {}
         return self.attention.mix(one_hot, prepared), one_hot, extras
 
-    def _decode(self, tokens: Tensor, state: dict[str, Tensor]):
+    def _decode(self, tokens: Tensor, state: dict[str, Tensor], emb: Tensor | None = None):
         """One step up to the attentional vector h~_t ``(B, H)``. Returns h~_t, the new state, the
         weights ``(B, N, S)`` and extras: ``p_gen (B, 1)`` with copy, hard attention's training
-        terms, and for exact marginalisation the per-position vectors ``per_position (B, S, H)``."""
+        terms, and for exact marginalisation the per-position vectors ``per_position (B, S, H)``.
+        ``emb (B, E)``: the tokens' embeddings after dropout, when the caller has them already."""
         c = self.config
-        emb = self.drop(self.embed(tokens))  # (B, E)
+        if emb is None:
+            emb = self.drop(self.embed(tokens))  # (B, E)
         parts = [emb]
         if c.attention_position == "before":
             context, weights, updates, extras = self._attend(state["h"][:, -1], state)  # query: s_{t-1}
@@ -300,9 +302,11 @@ class LSTMModel(nn.Module):
         ``(B, 1, N, T, S)``, and with hard = reinforce in training (given ``targets (B, T)``) the
         REINFORCE surrogate as the auxiliary loss."""
         state = self.init_state(self.encode(src))
+        # one lookup (and one dense gradient) for all steps; unbind: one stack of the step gradients
+        embs = self.drop(self.embed(tgt_in)).unbind(1)  # T x (B, E)
         feeds, weights, steps = [], [], []
         for t in range(tgt_in.shape[1]):
-            feed, state, w, extras = self._decode(tgt_in[:, t], state)
+            feed, state, w, extras = self._decode(tgt_in[:, t], state, embs[t])
             feeds.append(feed)
             weights.append(w)
             steps.append(extras)

@@ -87,8 +87,9 @@ class MultiHeadAttention(nn.Module):
 
     The module holds only parameters; keys and values are projected by :meth:`project_kv` and
     kept by the caller (the decoder state caches them). Uses torch's fused
-    ``scaled_dot_product_attention`` unless the weights are asked for, in which case the same
-    math runs through :func:`nmt.attention.attend` and the per-head weights come back.
+    ``scaled_dot_product_attention`` unless the weights are asked for (then the same math runs
+    through :func:`nmt.attention.attend` and the per-head weights come back) or it is one query
+    per sentence on a CPU (a decoding step), where the two plain matmuls of ``attend`` are faster.
     """
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
@@ -128,14 +129,16 @@ class MultiHeadAttention(nn.Module):
             t, s = q.shape[2], k.shape[2]
             future = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
             mask = future if mask is None else mask & future
-        if not need_weights:
+        # One query per sentence on a CPU (a decoding step): two small matmuls beat the fused
+        # kernel's per-call set-up.
+        if not need_weights and (q.is_cuda or q.shape[2] > 1):
             out = fused_attention(q, k, v, mask, p)
             return self.out_proj(merge_heads(out)), None
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, S)
         out, weights = attend(scores, v, mask)
         if p:
             out = F.dropout(weights, p) @ v
-        return self.out_proj(merge_heads(out)), weights
+        return self.out_proj(merge_heads(out)), weights if need_weights else None
 
 
 class FeedForward(nn.Sequential):
