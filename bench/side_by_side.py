@@ -166,20 +166,21 @@ def run_onmt(venv: Path, model: str, work: Path, updates: int, batch_tokens: int
     speeds = [float(x) for x in re.findall(r"\d+/\s*(\d+) tok/s", out)]
     if len(speeds) < 2:
         raise RuntimeError(f"no tok/s reports in OpenNMT-py's log:\n{out[-2000:]}")
-    return {"toolkit": "OpenNMT-py 3.5.1", "model": model, "tgt_tok_s": statistics.median(speeds[1:]),
+    return {"toolkit": "OpenNMT-py 3.5.1", "model": model, "precision": "fp32", "tgt_tok_s": statistics.median(speeds[1:]),
             "peak_rss_mb": peak, "reports": len(speeds)}
 
 
-def run_ours(model: str, data: Path, work: Path, updates: int, batch_tokens: int) -> dict:
-    out = work / f"ours-{model}"
-    sets = [f'data.dir="{data}"', f"train.max_steps={updates}", "train.max_minutes=0", "train.valid_every=1000000",
+def run_ours(model: str, data: Path, work: Path, updates: int, batch_tokens: int, amp: str = "none") -> dict:
+    out = work / f"ours-{model}-{amp}"
+    sets = [f'data.dir="{data}"', f'train.amp="{amp}"', f"train.max_steps={updates}", "train.max_minutes=0", "train.valid_every=1000000",
             "train.save_every=0", "train.valid_beam=1", "train.valid_max_sentences=20",
             f"train.batch_tokens={batch_tokens}", "train.log_every=10"]
     cmd = [sys.executable, "-m", "nmt_cli.main", "train", "-c", OURS[model], "-o", str(out)]
     _, peak = measured(cmd + [a for s in sets for a in ("--set", s)])
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["tgt_tok_s"] for r in records if r["kind"] == "train"]
-    return {"toolkit": "nmt", "model": model, "tgt_tok_s": statistics.median(speeds[1:]),
+    return {"toolkit": "nmt", "model": model, "precision": "fp32" if amp == "none" else amp,
+            "tgt_tok_s": statistics.median(speeds[1:]),
             "peak_rss_mb": peak, "reports": len(speeds)}
 
 
@@ -239,7 +240,7 @@ def run_joey(venv: Path, model: str, work: Path, updates: int, batch_tokens: int
     speeds = [float(x) for x in re.findall(r"Tokens per Sec:\s+(\d+)", out)]
     if len(speeds) < 2:
         raise RuntimeError(f"no tokens/s reports in JoeyNMT's log:\n{out[-2000:]}")
-    return {"toolkit": "JoeyNMT 2.3.0", "model": model, "tgt_tok_s": statistics.median(speeds[1:]),
+    return {"toolkit": "JoeyNMT 2.3.0", "model": model, "precision": "fp32", "tgt_tok_s": statistics.median(speeds[1:]),
             "peak_rss_mb": peak, "reports": len(speeds)}
 
 
@@ -251,6 +252,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["transformer", "lstm"], choices=list(OURS))
     ap.add_argument("--updates", type=int, default=150)
     ap.add_argument("--batch-tokens", type=int, default=3000)
+    ap.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16"],
+                    help="our precisions (bf16: CPU autocast), each against the others' fp32")
     ap.add_argument("--out", default="bench/results/side_by_side.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nmt-sbs-"))
@@ -258,17 +261,19 @@ def main() -> int:
     shutil.copy(args.data / "spm.model", work / "spm.model")
     rows, ratios = [], []
     for model in args.models:
-        ours = run_ours(model, args.data.resolve(), work, args.updates, args.batch_tokens)
+        ours = [run_ours(model, args.data.resolve(), work, args.updates, args.batch_tokens, amp) for amp in args.amp]
         others = [run_onmt(args.onmt, model, work, args.updates, args.batch_tokens)]
         if args.joey:
             others.append(run_joey(args.joey, model, work, args.updates, args.batch_tokens))
-        rows += [ours, *others]
-        for theirs in others:
-            ratios.append({"model": model, "versus": theirs["toolkit"], "tok_s_ratio": ours["tgt_tok_s"] / theirs["tgt_tok_s"],
-                           "rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"]})
-        print(json.dumps(rows[-1 - len(others):]), file=sys.stderr, flush=True)
-    print(table(rows, ["toolkit", "model", "tgt_tok_s", "peak_rss_mb", "reports"]))
-    print(table(ratios, ["model", "versus", "tok_s_ratio", "rss_ratio"]))
+        rows += [*ours, *others]
+        for mine in ours:
+            for theirs in others:
+                ratios.append({"model": model, "ours": mine["precision"], "versus": f"{theirs['toolkit']} fp32",
+                               "tok_s_ratio": mine["tgt_tok_s"] / theirs["tgt_tok_s"],
+                               "rss_ratio": mine["peak_rss_mb"] / theirs["peak_rss_mb"]})
+        print(json.dumps(rows[-len(ours) - len(others):]), file=sys.stderr, flush=True)
+    print(table(rows, ["toolkit", "model", "precision", "tgt_tok_s", "peak_rss_mb", "reports"]))
+    print(table(ratios, ["model", "ours", "versus", "tok_s_ratio", "rss_ratio"]))
     write_json(args.out, {"updates": args.updates, "batch_tokens": args.batch_tokens, "rows": rows, "ratios": ratios})
     return 0
 

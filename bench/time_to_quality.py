@@ -130,9 +130,9 @@ def _last_complete(work: Path) -> Path:
     return ckpts[-2]
 
 
-def decode_ours(model: Path, src: Path, beam: int) -> tuple[float, list[str], float]:
+def decode_ours(model: Path, src: Path, beam: int, quantize: str = "none") -> tuple[float, list[str], float]:
     wall, out, _, rss = run_measured([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(model), "-i",
-                                      str(src), "--beam", str(beam)])
+                                      str(src), "--beam", str(beam), "--quantize", quantize])
     return wall, out.splitlines(), rss
 
 
@@ -185,6 +185,7 @@ def main() -> int:
     ap.add_argument("--minutes", nargs="+", type=float, default=[20.0])
     ap.add_argument("--repeats", type=int, default=3, help="decoding speed: median of this many runs")
     ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run (give the same --minutes): decode its snapshots again, no training")
+    ap.add_argument("--int8", action="store_true", help="also decode our last snapshot with --quantize int8")
     ap.add_argument("--out", default="bench/results/time_to_quality.json")
     args = ap.parse_args()
     data = args.data.resolve()
@@ -210,16 +211,21 @@ def main() -> int:
     dec_onmt = lambda m, b: decode_onmt(args.onmt, m, pieces, b, work)  # noqa: E731
     ours, theirs = evaluate("nmt", ours_snaps, dec_ours, ref), evaluate("OpenNMT-py 3.5.1", onmt_snaps, dec_onmt, ref)
     last = max(args.minutes)
-    decode_speed([(ours[-1], dec_ours, ours_snaps[last]), (theirs[-1], dec_onmt, onmt_snaps[last])],
-                 len(ref.read_text().splitlines()), args.repeats)
+    runs = [(ours[-1], dec_ours, ours_snaps[last]), (theirs[-1], dec_onmt, onmt_snaps[last])]
+    int8 = []
+    if args.int8:
+        dec_int8 = lambda m, b: decode_ours(m, src, b, "int8")  # noqa: E731
+        int8 = evaluate("nmt --quantize int8", {last: ours_snaps[last]}, dec_int8, ref)
+        runs.insert(1, (int8[0], dec_int8, ours_snaps[last]))
+    decode_speed(runs, len(ref.read_text().splitlines()), args.repeats)
     cols = ["toolkit", "minutes", "bleu_beam5", "bleu_greedy", "beam5_sent_s", "greedy_sent_s", "beam5_rss_mb",
             "greedy_rss_mb"]
-    print(table(ours + theirs, cols))
-    ratios = [{"minutes": a["minutes"], "bleu_beam5_diff": a["bleu_beam5"] - b["bleu_beam5"],
+    print(table(ours + int8 + theirs, cols))
+    ratios = [{"ours": a["toolkit"], "minutes": a["minutes"], "bleu_beam5_diff": a["bleu_beam5"] - b["bleu_beam5"],
                **{f"{k}_ratio": a[k] / b[k] for k in ("beam5_sent_s", "greedy_sent_s", "beam5_rss_mb") if k in a}}
-              for a, b in zip(ours, theirs)]
+              for a, b in [*zip(ours, theirs), *((r, theirs[-1]) for r in int8)]]
     print(table(ratios, list(ratios[-1])))
-    write_json(args.out, {"minutes": args.minutes, "rows": ours + theirs, "ratios": ratios, "work": str(work)})
+    write_json(args.out, {"minutes": args.minutes, "rows": ours + int8 + theirs, "ratios": ratios, "work": str(work)})
     return 0
 
 

@@ -67,6 +67,10 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropou
     if q.is_cuda:
         with sdpa_kernel(_CUDA_SDPA):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    if q.dtype != torch.float32:  # CPU bf16: its fused backward took 50-61 ms against 21-26 in fp32 (B 100, H 4, T 30)
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout)
+        return out.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
