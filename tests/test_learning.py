@@ -63,14 +63,16 @@ def train_and_score(model, reverse: bool, steps: int, lr: float = 3e-3, diagonal
 
 def test_transformer_learns_reverse():
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # the initial weights too, not whatever state earlier tests left behind
     m = build_model("transformer", TransformerConfig(vocab_size=V, d_model=64, heads=4, ff_size=128,
                                                      encoder_layers=2, decoder_layers=2, dropout=0.0))
-    assert train_and_score(m, reverse=True, steps=400) >= 0.9
+    assert train_and_score(m, reverse=True, steps=600) >= 0.9  # 0.975-0.985 over init seeds 0-2
 
 
 @pytest.mark.parametrize("score", ["dot", "mlp"])
 def test_lstm_learns_copy(score):
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     m = build_model("lstm", LSTMConfig(vocab_size=V, embed_size=48, hidden_size=48, encoder_layers=1,
                                        decoder_layers=1, dropout=0.0, score=score))
     diagonal = []
