@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_measured, table, write_json  # noqa: E402
+from common import run_measured, table, usable_amps, write_json  # noqa: E402
 
 ONMT_SHAPES = {
     "transformer": """encoder_type: transformer
@@ -256,6 +256,9 @@ def main() -> int:
                     help="our precisions (bf16: CPU autocast), each against the others' fp32")
     ap.add_argument("--out", default="bench/results/side_by_side.json")
     args = ap.parse_args()
+    args.amp = usable_amps(args.amp)
+    if not args.amp:
+        ap.error("nothing to measure: add --amp none")
     work = Path(tempfile.mkdtemp(prefix="nmt-sbs-"))
     export_pieces(args.data, work)
     shutil.copy(args.data / "spm.model", work / "spm.model")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, table, write_json  # noqa: E402
+from common import peak_rss_mb, table, usable_amps, write_json  # noqa: E402
 
 CONFIGS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
 
@@ -108,9 +108,11 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(*args.one, args.data, args.warmup, args.updates, args.threads, args.batch_tokens)))
         return 0
-    rows = []
+    rows, amps = [], usable_amps(args.amp)
+    if not amps:
+        ap.error("nothing to measure: add --amp none")
     for model in args.models:
-        for amp in args.amp:
+        for amp in amps:
             cmd = [sys.executable, __file__, "--one", model, amp, "--data", args.data, "--warmup", str(args.warmup),
                    "--updates", str(args.updates), "--threads", str(args.threads),
                    "--batch-tokens", str(args.batch_tokens)]

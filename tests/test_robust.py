@@ -176,3 +176,19 @@ def test_keep_freed_memory_is_switchable(monkeypatch):
 
     glibc = platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc  # mallopt accepted every setting on glibc; a no-op elsewhere
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_in_the_log(tmp_path, prepared_small, monkeypatch):
+    import nmt.train
+    from nmt.train import amp_warning
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(nmt.train, "cpu_has_native_bf16", lambda: True)
+    assert amp_warning(cpu, "bf16") is None
+    monkeypatch.setattr(nmt.train, "cpu_has_native_bf16", lambda: False)
+    assert amp_warning(cpu, "none") is None and amp_warning(torch.device("cuda"), "bf16") is None
+    lines = []
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1", 'train.amp="bf16"'])
+    Trainer(cfg, tmp_path, log=lines.append).run()
+    assert [l for l in lines if l.startswith("warning:")] == [amp_warning(cpu, "bf16")]
+    assert "slower than fp32" in amp_warning(cpu, "bf16")
