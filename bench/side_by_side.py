@@ -3,7 +3,7 @@
     python -m venv ~/venvs/onmt && ~/venvs/onmt/bin/pip install torch==2.13.0
     ~/venvs/onmt/bin/pip install --no-deps opennmt-py==3.5.1
     ~/venvs/onmt/bin/pip install configargparse tensorboard pyyaml six "pyonmttok>=1.37,<2" rapidfuzz \\
-        pyahocorasick spacy fasttext-wheel waitress flask sentencepiece
+        pyahocorasick spacy fasttext-wheel waitress flask sentencepiece regex sacrebleu
     python -m venv ~/venvs/joey && ~/venvs/joey/bin/pip install torch==2.13.0          # optional: JoeyNMT
     ~/venvs/joey/bin/pip install joeynmt==2.3.0 importlib_metadata sentencepiece==0.2.0
     python bench/side_by_side.py --onmt ~/venvs/onmt --joey ~/venvs/joey --data prepared/de-en --updates 150
