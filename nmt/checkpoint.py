@@ -69,15 +69,19 @@ def make_checkpoint(model, kind: str, spm_bytes: bytes, meta: dict, training: di
     return ckpt
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Read and validate a checkpoint; every failure is a one-line :class:`NmtError`."""
+def load_checkpoint(path: Path, mmap: bool = True) -> dict:
+    """Read and validate a checkpoint; every failure is a one-line :class:`NmtError`.
+
+    ``mmap``: tensors are read from the file when first touched (copy-on-write, nothing is written
+    back), so the optimizer state in best.pt/last.pt costs translate and evaluate no memory.
+    Resuming reads it all and passes False."""
     path = Path(path)
     if not path.exists():
         raise NmtError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise NmtError(f"{path}: is a folder; pass a checkpoint file such as {path}/best.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise NmtError(f"{path}: refused: it needs arbitrary unpickling (it could run code); "
                        "only nmt checkpoints are loaded") from None

@@ -181,7 +181,7 @@ class Trainer:
         path = self.out / "last.pt"
         if not path.exists():
             raise NmtError(f"{path}: nothing to resume; train without --resume first")
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, mmap=False)  # all of it is needed, and kept for the whole run
         if ckpt["kind"] != self.cfg.model_kind:
             raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
         self.model.load_state_dict(ckpt["weights"])
