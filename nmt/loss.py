@@ -9,39 +9,42 @@ from nmt.vocab import PAD_ID
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
-    """Label-smoothed cross-entropy over rows of logits, forward and backward each in a few passes.
+    """Label-smoothed cross-entropy over rows of logits with one exponential per logit in all.
 
-    With ``log p = log_softmax(x)`` and V classes, per row::
+    With ``p = softmax(x)``, ``lse = logsumexp(x)``, ``log p_v = x_v - lse`` and V classes, per row::
 
-        nll  = -log p_y
-        loss = (1 - eps) * nll + eps * mean_v(-log p_v)
-        d loss / d x = softmax(x) - (1 - eps) * onehot(y) - eps / V
+        nll  = lse - x_y
+        loss = (1 - eps) * nll + eps * (lse - mean_v x_v)
+        d loss / d x = p - (1 - eps) * onehot(y) - eps / V
 
-    The forward pass is one fused ``log_softmax`` and one mean (``torch.logsumexp`` is several
-    passes); the backward pass recomputes ``softmax(x)`` (one fused pass, cheaper than ``exp`` of a
-    saved ``log p``) and edits it in place, so it writes one (N, V) tensor where autograd through
-    log_softmax + gather + mean would materialise several.
+    The forward pass computes ``p`` (one fused pass; ``exp`` is the cost on a CPU: on a 2-core
+    AVX2 EPYC a (2875, 8000) softmax takes 57 ms, an ``exp`` alone 56) and reads ``lse`` off the
+    row's largest logit, ``lse = x_max - log p_max`` (``p_max >= 1/V``: no underflow, so the loss
+    stays finite however wrong the model); the backward pass edits the saved ``p`` in place into
+    the gradient instead of recomputing a softmax. So backward may run once (no ``retain_graph``).
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, keep: Tensor, eps: float):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
-        nll = -logp.gather(1, target[:, None]).squeeze(1)  # (N,)
-        loss = (1 - eps) * nll - eps * logp.mean(-1) if eps else nll
-        ctx.save_for_backward(logits, target, keep)
-        ctx.eps = eps
+        x = logits.float()
+        p = torch.softmax(x, dim=-1)  # (N, V)
+        x_max, best = x.max(-1)  # (N,)
+        lse = x_max - torch.log(p.gather(1, best[:, None]).squeeze(1))  # (N,)
+        nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (N,)
+        loss = (1 - eps) * nll + eps * (lse - x.mean(-1)) if eps else nll
+        ctx.save_for_backward(p, target, keep)
+        ctx.eps, ctx.dtype = eps, logits.dtype
         return (loss * keep).sum(), (nll * keep).sum()
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):
-        logits, target, keep = ctx.saved_tensors
+        grad, target, keep = ctx.saved_tensors  # grad: the forward's softmax, edited in place
         eps = ctx.eps
-        grad = torch.softmax(logits.float(), dim=-1)  # (N, V)
         if eps:
-            grad.sub_(eps / logits.shape[-1])
+            grad.sub_(eps / grad.shape[-1])
         grad.scatter_add_(1, target[:, None], torch.full_like(grad[:, :1], -(1 - eps)))
         grad.mul_((grad_loss * keep)[:, None])  # padding rows get no gradient
-        return grad.to(logits.dtype), None, None, None
+        return grad.to(ctx.dtype), None, None, None
 
 
 def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
