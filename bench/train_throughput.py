@@ -44,6 +44,30 @@ def gemm_peak(device, dtype, seconds: float = 3.0) -> float:
     return 2 * n_dim**3 * n / (time.perf_counter() - t0)
 
 
+def count_lstm_layer_flops() -> None:
+    """Teach ``FlopCounterMode`` the oneDNN LSTM layers (it counts none of their FLOPs otherwise).
+
+    Per layer call with input rows ``R`` (time x batch), ``W_ih (4H, I)`` and ``W_hh (4H, H)``: the
+    forward's gate products are ``2 R (|W_ih| + |W_hh|)`` FLOPs; the backward's are twice that
+    (gradients of the inputs and states, and of the weights)."""
+    from math import prod
+
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    aten = torch.ops.aten
+    if aten.mkldnn_rnn_layer in flop_registry:
+        return
+
+    @register_flop_formula(aten.mkldnn_rnn_layer)
+    def forward(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+        return 2 * prod(input_shape[:-1]) * (prod(w_ih) + prod(w_hh))
+
+    @register_flop_formula(aten.mkldnn_rnn_layer_backward)
+    def backward(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+        return 4 * prod(input_shape[:-1]) * (prod(w_ih) + prod(w_hh))
+
+
 def sync(device) -> None:
     import torch
 
@@ -66,6 +90,7 @@ def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int
     tr = Trainer(cfg, Path("/tmp/nmt-bench-unused"), log=lambda m: None)
     batches = epoch_batches(tr.train_data, cfg.train.batch_tokens, seed=1, epoch=0)
     groups = [[tr.train_data.collate(b)] for b in batches[: warmup + updates + 1]]
+    count_lstm_layer_flops()
     with FlopCounterMode(display=False) as counter:
         tr.update(groups[0])
     flops_per_token = counter.get_total_flops() / groups[0][0].target_tokens
