@@ -21,7 +21,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     AVX2 EPYC a (2875, 8000) softmax takes 57 ms, an ``exp`` alone 56) and reads ``lse`` off the
     row's largest logit, ``lse = x_max - log p_max`` (``p_max >= 1/V``: no underflow, so the loss
     stays finite however wrong the model); the backward pass edits the saved ``p`` in place into
-    the gradient instead of recomputing a softmax. So backward may run once (no ``retain_graph``).
+    the gradient instead of recomputing a softmax. So backward runs once: a second one (``retain_graph``)
+    raises autograd's in-place modification error rather than return a wrong gradient.
     """
 
     @staticmethod

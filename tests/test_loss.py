@@ -45,3 +45,12 @@ def test_extreme_logits_stay_finite():
     loss.backward()
     assert torch.isfinite(loss) and nll.item() == pytest.approx(400.0)
     assert torch.isfinite(logits.grad).all()
+
+
+def test_a_second_backward_raises_instead_of_a_wrong_gradient():
+    """The backward edits the saved softmax in place; autograd's version check catches a reuse."""
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    loss, _ = label_smoothed_nll(logits, torch.randint(1, 7, (2, 3)), 0.1)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
