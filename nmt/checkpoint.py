@@ -74,8 +74,8 @@ def load_checkpoint(path: Path, mmap: bool = True) -> dict:
 
     ``mmap``: tensors are read from the file when first touched (copy-on-write, nothing is written
     back), so the optimizer state in best.pt/last.pt costs translate and evaluate no memory
-    (7.6M-parameter Transformer, 91 MB best.pt, 300 sentences: peak RSS 394-427 -> 360-365 MB
-    greedy, 501-516 -> 430-440 MB beam 5; same output). Resuming reads it all and passes False."""
+    (7.6M-parameter Transformer, 91 MB best.pt, 300 sentences: peak RSS 385-417 -> 352-356 MiB
+    greedy, 489-504 -> 420-429 MiB beam 5; same output). Resuming reads it all and passes False."""
     path = Path(path)
     if not path.exists():
         raise NmtError(f"{path}: checkpoint not found")
