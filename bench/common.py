@@ -17,6 +17,14 @@ def peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def sync(device) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def machine() -> dict:
     """What the figures were measured on: CPU model, cores, torch's CPU kernels, native bf16."""
     import torch

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, table, usable_amps, write_json  # noqa: E402
+from common import peak_rss_mb, sync, table, usable_amps, write_json  # noqa: E402
 
 CONFIGS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
 
@@ -66,13 +66,6 @@ def count_lstm_layer_flops() -> None:
     @register_flop_formula(aten.mkldnn_rnn_layer_backward)
     def backward(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
         return 4 * prod(input_shape[:-1]) * (prod(w_ih) + prod(w_hh))
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int, batch_tokens: int) -> dict:
