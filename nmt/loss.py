@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nmt.models.output import ModelOutput
 from nmt.vocab import PAD_ID
+
+CHUNK_ELEMENTS = 2**22
+"""Logits held at once by :func:`linear_label_smoothed_nll`: 16 MiB of fp32, about a CPU's shared
+L3 cache (at V = 8000, 524 rows). On the 2-core EPYC, (2875, 256) x (8000, 256), median of 7: 128
+rows 496 ms, 256 398, 512 360, 1024 372, unchunked (the logits path) 465 (``bench/loss_speed.py``)."""
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
@@ -27,12 +33,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, keep: Tensor, eps: float):
-        x = logits.float()
-        p = torch.softmax(x, dim=-1)  # (N, V)
-        x_max, best = x.max(-1)  # (N,)
-        lse = x_max - torch.log(p.gather(1, best[:, None]).squeeze(1))  # (N,)
-        nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (N,)
-        loss = (1 - eps) * nll + eps * (lse - x.mean(-1)) if eps else nll
+        p, loss, nll = _smoothed_rows(logits.float(), target, eps)  # p (N, V); loss, nll (N,)
         ctx.save_for_backward(p, target, keep)
         ctx.eps, ctx.dtype = eps, logits.dtype
         return (loss * keep).sum(), (nll * keep).sum()
@@ -63,6 +64,101 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tupl
     keep = (target != PAD_ID).reshape(-1).float()  # (B*T,) 1 = real token
     loss, nll = _SmoothedCrossEntropy.apply(logits.reshape(-1, v), target.reshape(-1), keep, float(smoothing))
     return loss, nll.detach()
+
+
+def _smoothed_rows(x: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of fp32 logits ``x (n, V)``: the softmax ``p (n, V)``, the smoothed loss and the
+    NLL ``(n,)`` (formulas: :class:`_SmoothedCrossEntropy`)."""
+    p = torch.softmax(x, dim=-1)  # (n, V)
+    x_max, best = x.max(-1)  # (n,)
+    lse = x_max - torch.log(p.gather(1, best[:, None]).squeeze(1))  # (n,)
+    nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (n,)
+    loss = (1 - eps) * nll + eps * (lse - x.mean(-1)) if eps else nll
+    return p, loss, nll
+
+
+def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_grad: bool):
+    """Sums of the smoothed loss and the NLL of ``logits = h w^T`` over rows ``h (N, D)`` (no
+    padding), with ``w (V, D)``, one chunk of rows at a time; with ``want_grad`` also the
+    gradients of the loss sum, ``(N, D)`` for h and ``(V, D)`` (fp32) for w. h and w are in the
+    dtype to multiply in; the softmax runs in fp32."""
+    rows = max(1, CHUNK_ELEMENTS // w.shape[0])
+    loss, nll = h.new_zeros((), dtype=torch.float32), h.new_zeros((), dtype=torch.float32)
+    grad_h = torch.empty_like(h) if want_grad else None
+    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_grad else None
+    for start in range(0, h.shape[0], rows):
+        h_c, t_c = h[start : start + rows], target[start : start + rows]  # (n, D), (n,)
+        p, loss_c, nll_c = _smoothed_rows((h_c @ w.t()).float(), t_c, eps)  # p (n, V)
+        loss, nll = loss + loss_c.sum(), nll + nll_c.sum()
+        if want_grad:  # d loss / d logits = p - (1 - eps) onehot(y) - eps / V, edited into p
+            if eps:
+                p.sub_(eps / p.shape[-1])
+            p.scatter_add_(1, t_c[:, None], torch.full_like(p[:, :1], -(1 - eps)))
+            g = p.to(h.dtype)
+            torch.mm(g, w, out=grad_h[start : start + rows])  # (n, D)
+            if g.dtype == torch.float32:
+                grad_w.addmm_(g.t(), h_c)  # (V, D)
+            else:  # bf16/fp16 products, summed over chunks in fp32
+                grad_w += (g.t() @ h_c).float()
+    return loss, nll, grad_h, grad_w
+
+
+class _LinearSmoothedCrossEntropy(torch.autograd.Function):
+    """:class:`_SmoothedCrossEntropy` of ``h w^T`` computed in chunks of rows: the forward pass
+    also computes both gradients while each chunk's logits are still in cache, so neither the
+    ``(N, V)`` logits nor their softmax outlive a chunk; the backward pass only scales them by the
+    incoming gradient (a scalar). Under autocast the products run in the autocast dtype."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, target: Tensor, eps: float):
+        dtype = h.dtype
+        if torch.is_autocast_enabled(h.device.type):
+            dtype = torch.get_autocast_dtype(h.device.type)
+        with torch.autocast(h.device.type, enabled=False):
+            loss, nll, grad_h, grad_w = _chunked_linear_loss(h.to(dtype), w.to(dtype), target, eps, want_grad=True)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = h.dtype, w.dtype
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_loss).to(ctx.dtypes[0]), (grad_w * grad_loss).to(ctx.dtypes[1]), None, None
+
+
+def linear_label_smoothed_nll(hidden: Tensor, weight: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """:func:`label_smoothed_nll` of ``logits = hidden @ weight^T`` without the logits tensor.
+
+    hidden ``(B, T, D)``, weight ``(V, D)``, target ``(B, T)`` (PAD ignored: its rows are dropped
+    before the product, so padding costs no output-layer work). The logits are formed a few hundred
+    rows at a time (:data:`CHUNK_ELEMENTS`) and each chunk's gradients are taken at once, the way
+    fused linear cross-entropy kernels do it (e.g. Liger-Kernel's); same ``(loss_sum, nll_sum)``
+    and gradients as the logits path, less time on a CPU and no ``(B, T, V)`` activations.
+    """
+    keep = (target != PAD_ID).reshape(-1)  # (B*T,)
+    h = hidden.reshape(-1, hidden.shape[-1])[keep]  # (N, D) real tokens only
+    t = target.reshape(-1)[keep]  # (N,)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        loss, nll = _LinearSmoothedCrossEntropy.apply(h, weight, t, float(smoothing))
+    else:
+        loss, nll, _, _ = _chunked_linear_loss(h, weight.to(h.dtype), t, float(smoothing), want_grad=False)
+    return loss, nll.detach()
+
+
+def output_loss(out: ModelOutput, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """``(loss_sum, nll_sum)`` of a model's teacher-forced output against target ``(B, T)``:
+    from its logits, or, when it left the output projection to the loss
+    (``out.projection = (hidden, weight)``), by :func:`linear_label_smoothed_nll`."""
+    if out.logits is not None:
+        return label_smoothed_nll(out.logits, target, smoothing)
+    return linear_label_smoothed_nll(*out.projection, target, smoothing)
+
+
+def fuse_output_projection(device: torch.device | str) -> bool:
+    """Whether training asks models for ``project=False`` (:func:`linear_label_smoothed_nll`): on
+    a CPU, where it was measured faster (``bench/loss_speed.py``); not yet on CUDA, where the
+    chunked products have not been measured against the unfused ones."""
+    return torch.device(device).type == "cpu"
 
 
 def coverage_loss(attention: Tensor, target_mask: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from nmt.config import RunConfig
 from nmt.data import Batch, ParallelIds, epoch_batches
 from nmt.distributed import Dist
 from nmt.errors import NmtError
-from nmt.loss import coverage_loss, label_smoothed_nll
+from nmt.loss import coverage_loss, fuse_output_projection, output_loss
 from nmt.models import build_model
 from nmt.schedules import SCHEDULES
 from nmt.vocab import PAD_ID, Vocab
@@ -216,13 +216,13 @@ class Trainer:
             with sync:
                 with autocast(self.device, self.tc.amp):
                     lam = self.tc.coverage_loss
-                    logits, attn, aux = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0,
-                                                       targets=batch.tgt_out)
-                    loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.tc.label_smoothing)
-                    if aux is not None:  # a mechanism's own objective (hard attention's REINFORCE surrogate)
-                        loss = loss + aux
+                    out = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0, targets=batch.tgt_out,
+                                         project=not fuse_output_projection(self.device))
+                    loss, nll = output_loss(out, batch.tgt_out, self.tc.label_smoothing)
+                    if out.aux_loss is not None:  # a mechanism's own objective (hard attention's REINFORCE surrogate)
+                        loss = loss + out.aux_loss
                     if lam > 0:  # attention (B, L, H, T, S) -> averaged over layers and heads
-                        loss = loss + lam * coverage_loss(attn.float().mean((1, 2)), batch.tgt_out != PAD_ID)
+                        loss = loss + lam * coverage_loss(out.attention.float().mean((1, 2)), batch.tgt_out != PAD_ID)
                 scaled = loss * self.dist.world / tokens  # DDP averages over ranks: sum / all tokens
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_total += float(loss.detach())

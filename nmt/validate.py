@@ -8,7 +8,7 @@ import torch
 
 from nmt.data import ParallelIds, make_batches
 from nmt.evaluate import bleu
-from nmt.loss import label_smoothed_nll
+from nmt.loss import fuse_output_projection, output_loss
 from nmt.translate import SearchOptions, Translator
 
 
@@ -19,8 +19,7 @@ def valid_loss(model, data: ParallelIds, batch_tokens: int, device) -> tuple[flo
     total, tokens = 0.0, 0
     for idx in make_batches(data.src_len, data.tgt_len, batch_tokens, seed=0, shuffle=False):
         b = data.collate(idx).to(device)
-        logits = model(b.src, b.tgt_in).logits
-        _, nll = label_smoothed_nll(logits, b.tgt_out, 0.0)
+        _, nll = output_loss(model(b.src, b.tgt_in, project=not fuse_output_projection(device)), b.tgt_out, 0.0)
         total += float(nll)
         tokens += b.target_tokens
     nll = total / max(tokens, 1)

@@ -31,7 +31,7 @@ def test_incremental_equals_teacher_forcing_and_padding(kw, position):
     torch.manual_seed(0)
     m = lstm(attention_position=position, **kw)
     src, tgt = random_batch()
-    logits, attn, _ = m(src, tgt, need_attention=True)
+    logits, attn, *_ = m(src, tgt, need_attention=True)
     assert torch.allclose(incremental_log_probs(m, src, tgt), torch.log_softmax(logits, -1), atol=1e-5)
     assert (attn[1, ..., -2:] == 0).all()
     assert len(beam_search(m, src, beam=3, max_len_b=4)) == 3

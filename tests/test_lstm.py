@@ -26,7 +26,7 @@ def test_every_switch_combination(score, position, feeding, separate, heads):
     m = tiny_lstm(score=score, attention_position=position, input_feeding=feeding, separate_values=separate,
                   heads=heads).eval()
     src, tgt = random_batch()
-    logits, attn, _ = m(src, tgt, need_attention=True)
+    logits, attn, *_ = m(src, tgt, need_attention=True)
     assert logits.shape == (3, 6, 40) and attn.shape == (3, 1, heads, 6, 7)
     assert (attn[1, ..., -2:] == 0).all()  # padding gets no weight
     assert torch.allclose(attn.sum(-1), torch.ones(3, 1, heads, 6), atol=1e-5)

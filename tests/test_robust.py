@@ -59,13 +59,13 @@ def test_nan_loss_stops_or_skips(tmp_path, prepared_small, monkeypatch):
     from nmt.errors import NmtError
     import nmt.train
 
-    real = nmt.train.label_smoothed_nll
+    real = nmt.train.output_loss
 
-    def poisoned(logits, target, eps):
-        loss, nll = real(logits, target, eps)
+    def poisoned(out, target, eps):
+        loss, nll = real(out, target, eps)
         return loss * float("nan"), nll
 
-    monkeypatch.setattr(nmt.train, "label_smoothed_nll", poisoned)
+    monkeypatch.setattr(nmt.train, "output_loss", poisoned)
     with pytest.raises(NmtError, match="loss became nan"):
         train_losses(prepared_small, tmp_path / "a", ["train.max_steps=3"])
     assert not (tmp_path / "a" / "best.pt").exists()

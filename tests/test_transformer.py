@@ -11,7 +11,7 @@ def test_incremental_equals_teacher_forcing(pre_norm, tied):
     torch.manual_seed(0)
     m = tiny_transformer(pre_norm=pre_norm, tie_embeddings=tied).eval()
     src, tgt = random_batch()
-    logits, attn, _ = m(src, tgt, need_attention=True)  # attn (B, L, H, T, S)
+    logits, attn, *_ = m(src, tgt, need_attention=True)  # attn (B, L, H, T, S)
     state = m.init_state(m.encode(src))
     lps, atts = [], []
     for t in range(tgt.shape[1]):

@@ -15,12 +15,14 @@ Every model implements the same four methods, so one search and one training loo
     One target token per sentence, tokens ``(B,)``. Returns log-probabilities ``(B, V)``, the new
     state (the old one is left untouched), and, when asked, the encoder-decoder attention of this
     step ``(B, L, H, S)`` (layers x heads x source positions; an LSTM has L = 1).
-``forward(src, tgt_in, need_attention=False, targets=None) -> ModelOutput(logits, attention, aux_loss)``
+``forward(src, tgt_in, need_attention=False, targets=None, project=True) -> ModelOutput``
     Teacher forcing over a whole target: tgt_in ``(B, T)`` starts with BOS. Returns logits
     ``(B, T, V)``, when asked the attention ``(B, L, H, T, S)``, and an auxiliary loss that training
     adds to the NLL (None for most models; hard attention's REINFORCE surrogate needs the
-    ``targets (B, T)``). In eval mode, feeding ``tgt_in`` through ``step`` one token at a time gives
-    the same log-probabilities.
+    ``targets (B, T)``). With ``project=False`` a model whose logits are one linear map of a hidden
+    state may return ``projection = (hidden, weight)`` instead of logits, for the loss to multiply
+    in chunks (:func:`nmt.loss.output_loss`). In eval mode, feeding ``tgt_in`` through ``step`` one
+    token at a time gives the same log-probabilities.
 
 The registry below is the only place that knows the model classes.
 """

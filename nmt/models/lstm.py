@@ -278,6 +278,9 @@ class LSTMModel(nn.Module):
         x = self.drop(x)
         return F.linear(x, self.embed.weight) if self.output is None else self.output(x)
 
+    def _output_weight(self) -> Tensor:
+        return self.embed.weight if self.output is None else self.output.weight  # (V, H)
+
     def _output(self, feed: Tensor, weights: Tensor, extras: dict, src_ids: Tensor) -> Tensor:
         """Logits ``(B, [T,] V)``; with copy (or exact hard attention), the log of the mixture
         (which log_softmax leaves unchanged, so it serves as logits for the loss and the search)."""
@@ -297,10 +300,12 @@ class LSTMModel(nn.Module):
         return logp, new, (weights[:, None] if need_attention else None)
 
     def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False,
-                targets: Tensor | None = None) -> ModelOutput:
+                targets: Tensor | None = None, project: bool = True) -> ModelOutput:
         """Teacher forcing through :meth:`step`'s own computation: logits ``(B, T, V)``, attention
         ``(B, 1, N, T, S)``, and with hard = reinforce in training (given ``targets (B, T)``) the
-        REINFORCE surrogate as the auxiliary loss."""
+        REINFORCE surrogate as the auxiliary loss. With ``project=False`` and a plain output layer
+        (no copy, no hard attention), ``projection = (dropout(feed) (B, T, H), weight (V, H))``
+        replaces the logits."""
         state = self.init_state(self.encode(src))
         # one lookup (and one dense gradient) for all steps; unbind: one stack of the step gradients
         embs = self.drop(self.embed(tgt_in)).unbind(1)  # T x (B, E)
@@ -312,6 +317,9 @@ class LSTMModel(nn.Module):
             steps.append(extras)
         attn = torch.stack(weights, 2)  # (B, N, T, S)
         extras = {k: torch.stack([e[k] for e in steps], 1) for k in steps[0]}  # each (B, T, ...)
+        if not project and not extras:  # a plain output layer: leave the product to the loss
+            return ModelOutput(None, attn[:, None] if need_attention else None,
+                               projection=(self.drop(torch.stack(feeds, 1)), self._output_weight()))
         logits = self._output(torch.stack(feeds, 1), attn, extras, src)  # one output projection for all steps
         aux = self._reinforce(logits, extras, targets) if "hard_logp" in extras and targets is not None else None
         return ModelOutput(logits, attn[:, None] if need_attention else None, aux)

@@ -10,8 +10,16 @@ from torch import Tensor
 class ModelOutput(NamedTuple):
     """``logits (B, T, V)``; ``attention (B, L, H, T, S)`` when asked (else None); ``aux_loss``: a
     scalar on the scale of a summed token NLL that training adds to the loss (a mechanism's own
-    objective, e.g. the REINFORCE surrogate of hard attention), None when the model has none."""
+    objective, e.g. the REINFORCE surrogate of hard attention), None when the model has none.
 
-    logits: Tensor
+    ``projection``: with ``forward(..., project=False)``, a model whose logits are one linear map
+    of a hidden state returns ``(hidden (B, T, D), weight (V, D))`` here and ``logits = None``:
+    ``logits = hidden @ weight^T`` is left to :func:`nmt.loss.output_loss`, which computes it a
+    few rows at a time and never holds the ``(B, T, V)`` tensor. A model whose output is more than
+    a linear map (copy, exact hard attention, REINFORCE) returns logits whatever ``project`` says.
+    """
+
+    logits: Tensor | None
     attention: Tensor | None = None
     aux_loss: Tensor | None = None
+    projection: tuple[Tensor, Tensor] | None = None

@@ -250,6 +250,9 @@ class Transformer(nn.Module):
     def _logits(self, h: Tensor) -> Tensor:
         return F.linear(h, self.embed.weight) if self.output is None else self.output(h)
 
+    def _output_weight(self) -> Tensor:
+        return self.embed.weight if self.output is None else self.output.weight  # (V, D)
+
     # -- the contract ----------------------------------------------------------------------------
     def encode(self, src: Tensor, need_attention: bool = False) -> dict[str, Tensor]:
         """src ``(B, S)`` ids -> ``{"memory": (B, S, D), "src_mask": (B, S)}`` (+ ``"self_attn"``
@@ -296,10 +299,12 @@ class Transformer(nn.Module):
         return logp, new, attn
 
     def forward(
-        self, src: Tensor, tgt_in: Tensor, need_attention: bool = False, targets: Tensor | None = None
+        self, src: Tensor, tgt_in: Tensor, need_attention: bool = False, targets: Tensor | None = None,
+        project: bool = True,
     ) -> ModelOutput:
         """Teacher forcing: src ``(B, S)``, tgt_in ``(B, T)`` (BOS + target) -> logits ``(B, T, V)``
-        and, if asked, cross-attention ``(B, L, H, T, S)``; no auxiliary loss (``targets`` unused)."""
+        (with ``project=False``: ``projection = (hidden (B, T, D), weight (V, D))`` instead) and, if
+        asked, cross-attention ``(B, L, H, T, S)``; no auxiliary loss (``targets`` unused)."""
         enc = self.encode(src)
         x = self._embed(self.tgt_embed, tgt_in)
         weights = []
@@ -307,5 +312,8 @@ class Transformer(nn.Module):
             cross = layer.cross_attn.project_kv(enc["memory"])
             x, w, _ = layer(x, cross, enc["src_mask"], need_weights=need_attention)
             weights.append(w)
-        logits = self._logits(self.dec_norm(x))
-        return ModelOutput(logits, torch.stack(weights, dim=1) if need_attention else None)
+        attn = torch.stack(weights, dim=1) if need_attention else None
+        h = self.dec_norm(x)  # (B, T, D)
+        if not project:
+            return ModelOutput(None, attn, projection=(h, self._output_weight()))
+        return ModelOutput(self._logits(h), attn)
