@@ -3,9 +3,9 @@
 Both functions see a model only through ``encode / init_state / step``, :func:`reorder` and
 :func:`reorder_beams` (see :mod:`nmt.models`: state entries named ``src_*`` are per sentence), so a
 new model needs no change here. Beam search is batched over
-sentences and beams, keeps finished hypotheses in place (a finished beam can only be extended by
-EOS at no cost), follows back-pointers with tensor gathers, and drops a sentence from the batch
-as soon as its best ``n_best`` hypotheses are finished.
+sentences and beams, moves a hypothesis that ends out of the beam (every row the model computes
+extends a live hypothesis), follows back-pointers with tensor gathers, and drops a sentence from
+the batch as soon as its best ``n_best`` hypotheses are finished.
 """
 
 from __future__ import annotations
@@ -78,10 +78,16 @@ def beam_search(
     """Batched beam search. src ``(B, S)`` -> for each sentence its ``n_best`` hypotheses, best first.
 
     Scores are ``log P / length_penalty(len, alpha) + coverage_penalty(beta)``, with the length
-    counting EOS. The coverage penalty (beta > 0) works with any model whose ``step`` returns
-    non-negative attention (averaged over layers and heads); the attention of the step that emits
-    EOS does not count as coverage (EOS translates no source word). With ``beam = 1`` and beta = 0
-    this is exactly greedy search.
+    counting EOS. Every step ranks the candidate extensions of each sentence's ``k`` beams; a
+    candidate ending in EOS that ranks among the ``k`` best is finished: it leaves the beam for
+    the sentence's list of finished hypotheses, and the ``k`` best candidates that do not end
+    become the next beams (fairseq's scheme), so no row of the batch is spent on a finished
+    hypothesis. A sentence is done when its ``n_best``-th finished score is at least its best live
+    beam's (OpenNMT-py's stopping rule, "the best is finished"), or at its length limit, where
+    every beam must end. The coverage penalty (beta > 0) works with any model whose ``step``
+    returns non-negative attention (averaged over layers and heads); the attention of the step
+    that emits EOS does not count as coverage (EOS translates no source word). With ``beam = 1``
+    and beta = 0 this is exactly greedy search.
     """
     n_best = min(n_best, beam)
     enc = model.encode(src)
@@ -90,92 +96,110 @@ def beam_search(
     n, k, dev = src.shape[0], beam, src.device
     state = reorder(model.init_state(enc), torch.arange(n, device=dev).repeat_interleave(k))
     ids = torch.arange(n, device=dev)  # original sentence index of each live row
-    scores = torch.full((n, k), float("-inf"), device=dev)
+    scores = torch.full((n, k), float("-inf"), device=dev)  # raw log P of each beam
     scores[:, 0] = 0.0
-    lengths = torch.zeros(n, k, dtype=torch.long, device=dev)
-    finished = torch.zeros(n, k, dtype=torch.bool, device=dev)
+    best_done = torch.full((n, n_best), float("-inf"), device=dev)  # the n_best finished ranks so far
     tokens = torch.full((n * k,), BOS_ID, dtype=torch.long, device=dev)
     history = torch.zeros(n, k, 0, dtype=torch.long, device=dev)  # (n, k, t)
     attn_hist: Tensor | None = None  # (n, k, t, L, H, S)
     coverage = torch.zeros(n, k, src.shape[1], device=dev) if beta > 0 else None  # (n, k, S)
     src_mask = enc["src_mask"]
+    found: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]
     results: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]
+    arange_n = torch.arange(n, device=dev)[:, None]
 
     for t in range(int(limit.max())):
         logp, state, attn = model.step(tokens, state, need_attention or beta > 0)
         logp = logp.view(n, k, -1)  # (n, k, V)
-        # Ranking adds a per-beam constant to log p and divides by a per-beam length penalty (the
-        # coverage penalty is per beam too), so each beam's k best tokens are its only candidates:
-        # one pass over (n, k, V), then everything on (n, k, width). With coverage, EOS gets the
-        # penalty of the old coverage, never above the others' (attention >= 0): one more candidate
-        # keeps the k best other tokens whether or not EOS is among them.
-        width = min(k + (coverage is not None), logp.shape[-1])
-        cand_lp, cand_tok = logp.topk(width, dim=-1)  # (n, k, width)
-        # a finished beam is carried on unchanged (EOS at no cost); a beam at its length limit must end
-        only_eos = finished | (t + 1 >= limit[ids])[:, None]  # (n, k)
-        forced = torch.full_like(cand_lp, float("-inf"))
-        forced[..., 0] = torch.where(finished, 0.0, logp[..., EOS_ID])
-        cand_lp = torch.where(only_eos[..., None], forced, cand_lp)
-        cand_tok = torch.where(only_eos[..., None], EOS_ID, cand_tok)
-        cand = scores[..., None] + cand_lp  # (n, k, width)
-        new_len = lengths + (~finished).long()  # (n, k)
-        ranked = cand / length_penalty(new_len, alpha)[..., None]
-        if coverage is not None:
-            # The attention of this step counts for every token but EOS: EOS translates no source
-            # word, and its (often diffuse) attention would lift every uncovered position off the
-            # floor, rewarding hypotheses that stop. A finished beam's coverage stays as it was.
-            new_cov = coverage + attn.float().mean((1, 2)).view(n, k, -1)  # (n, k, S)
-            mask = src_mask[ids][:, None]
-            ends = cand_tok == EOS_ID  # (n, k, width)
-            ranked = ranked + torch.where(ends, coverage_penalty(coverage, mask, beta)[..., None],
-                                          coverage_penalty(new_cov, mask, beta)[..., None])
-        _, top = ranked.view(n, -1).topk(k, dim=1)  # (n, k), sorted best first
-        parent, tok = top // cand_lp.shape[-1], cand_tok.view(n, -1).gather(1, top)
-        if coverage is not None:
-            index = parent[..., None].expand(-1, -1, coverage.shape[-1])
-            coverage = torch.where((tok == EOS_ID)[..., None], coverage.gather(1, index), new_cov.gather(1, index))
-        scores = cand.view(n, -1).gather(1, top)
-        lengths = new_len.gather(1, parent)
-        finished = finished.gather(1, parent) | (tok == EOS_ID)
-        history = torch.cat([history.gather(1, parent[..., None].expand(-1, -1, t)), tok[..., None]], dim=2)
-        rows = (torch.arange(n, device=dev)[:, None] * k + parent).view(-1)  # back-pointers, flat
+        at_limit = t + 1 >= limit[ids]  # (n,)
+        cand, cand_tok, ranked, new_cov = _candidates(logp, scores, t + 1, at_limit, alpha, coverage, attn,
+                                                      src_mask[ids], beta)
+        # the 2k best candidates hold at least k that do not end (a beam has one EOS candidate)
+        top_rank, top = ranked.view(n, -1).topk(2 * k, dim=1)  # (n, 2k), sorted best first
+        top_tok = cand_tok.view(n, -1).gather(1, top)
+        ends = (top_tok == EOS_ID) & torch.isfinite(top_rank)
+        ends[:, k:] = False  # only candidates among the k best finish (greedy for k = 1)
         if need_attention:
-            a = attn.view(n, k, 1, *attn.shape[1:])[torch.arange(n, device=dev)[:, None], parent]
-            attn_hist = a if attn_hist is None else torch.cat([attn_hist[torch.arange(n, device=dev)[:, None], parent], a], 2)
-        done = finished[:, :n_best].all(1) | (t + 1 >= limit[ids])  # (n,)
-        if done.any():
-            penalty = coverage_penalty(coverage, src_mask[ids][:, None], beta) if coverage is not None else None
-            _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len, penalty)
+            step_attn = attn.view(n, k, 1, *attn.shape[1:])  # (n, k, 1, L, H, S)
+        if ends.any():
+            rows, cols = ends.nonzero(as_tuple=True)
+            parent = top[rows, cols] // cand_tok.shape[-1]
+            att = None
+            if need_attention:
+                a = step_attn[rows, parent]
+                att = a if attn_hist is None else torch.cat([attn_hist[rows, parent], a], 1)
+            _finish(found, ids[rows], history[rows, parent], top_rank[rows, cols], att, src_len)
+            best_done = torch.cat([best_done, top_rank.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1).values
+        live = (top_tok == EOS_ID).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (n, k): first k not ending
+        top, top_rank = top.gather(1, live), top_rank.gather(1, live)
+        parent, tok = top // cand_tok.shape[-1], cand_tok.view(n, -1).gather(1, top)
+        scores = cand.view(n, -1).gather(1, top)
+        if coverage is not None:
+            coverage = new_cov.gather(1, parent[..., None].expand(-1, -1, coverage.shape[-1]))
+        history = torch.cat([history.gather(1, parent[..., None].expand(-1, -1, t)), tok[..., None]], dim=2)
+        if need_attention:
+            a = step_attn[arange_n, parent]
+            attn_hist = a if attn_hist is None else torch.cat([attn_hist[arange_n, parent], a], 2)
+        rows = (arange_n * k + parent).view(-1)  # back-pointers, flat
+        done = at_limit | (best_done[:, -1] >= top_rank[:, 0])  # (n,)
+        for row in done.nonzero().squeeze(1).tolist():
+            sid = int(ids[row])
+            results[sid] = sorted(found[sid], key=lambda h: -h.score)[:n_best]
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
         kept = None
         if keep.numel() < n:  # drop finished sentences from the batch
             kept = (keep[:, None] * k + torch.arange(k, device=dev)).view(-1)  # their rows
-            ids, scores, lengths, finished, history = ids[keep], scores[keep], lengths[keep], finished[keep], history[keep]
+            ids, scores, best_done, history = ids[keep], scores[keep], best_done[keep], history[keep]
             coverage = coverage[keep] if coverage is not None else None
             attn_hist = attn_hist[keep] if attn_hist is not None else None
             rows = rows.view(n, k)[keep].view(-1)
             tok = tok[keep]
             n = keep.numel()
+            arange_n = torch.arange(n, device=dev)[:, None]
         state = reorder_beams(state, rows, kept)
         tokens = tok.view(-1)
     return results
 
 
-def _collect(results, done, ids, history, scores, lengths, alpha, n_best, attn_hist, src_len, penalty=None) -> None:
-    """Move the n-best hypotheses of every finished sentence into ``results`` (one sync per batch)."""
-    norm = scores / length_penalty(lengths, alpha)
-    if penalty is not None:
-        norm = norm + penalty
-    for row in done.nonzero().squeeze(1).tolist():
-        order = norm[row].argsort(descending=True)[:n_best].tolist()
-        sid = int(ids[row])
-        for j in order:
-            toks = history[row, j, : int(lengths[row, j])].tolist()
-            if toks and toks[-1] == EOS_ID:
-                toks = toks[:-1]
-            att = None
-            if attn_hist is not None:
-                att = attn_hist[row, j, : int(lengths[row, j]), ..., : src_len[sid]].float().cpu()
-            results[sid].append(Hypothesis(toks, float(norm[row, j]), att))
+def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask, beta):
+    """Each beam's best extensions. logp ``(n, k, V)``, scores ``(n, k)`` (raw log P so far),
+    ``length`` the new length (EOS counted), at_limit ``(n,)``: those beams may only end.
+
+    Returns ``cand`` (raw log P), ``cand_tok`` and ``ranked`` (the search's ranking score), each
+    ``(n, k, width)``, and the coverage after this step ``(n, k, S)`` (None without beta).
+
+    Ranking adds a per-beam constant to log p and divides by a length penalty that is the same for
+    all (every live beam has the same length), and the coverage penalty is per beam too, so each
+    beam's ``k + 1`` best tokens are its only candidates (k that do not end, whether or not EOS is
+    among them): one pass over ``(n, k, V)``, then everything on ``(n, k, width)``. With coverage,
+    EOS gets the penalty of the old coverage (never below the others': attention >= 0).
+    """
+    n, k, v = logp.shape
+    width = min(k + 1, v)
+    cand_lp, cand_tok = logp.topk(width, dim=-1)  # (n, k, width)
+    forced = torch.full_like(cand_lp, float("-inf"))
+    forced[..., 0] = logp[..., EOS_ID]
+    cand_lp = torch.where(at_limit[:, None, None], forced, cand_lp)
+    cand_tok = torch.where(at_limit[:, None, None], EOS_ID, cand_tok)
+    cand = scores[..., None] + cand_lp  # (n, k, width)
+    ranked = cand / length_penalty(torch.tensor(length, device=logp.device), alpha)
+    new_cov = None
+    if coverage is not None:
+        # The attention of this step counts for every token but EOS: EOS translates no source
+        # word, and its (often diffuse) attention would lift every uncovered position off the
+        # floor, rewarding hypotheses that stop.
+        new_cov = coverage + attn.float().mean((1, 2)).view(n, k, -1)  # (n, k, S)
+        mask = src_mask[:, None]
+        ranked = ranked + torch.where(cand_tok == EOS_ID, coverage_penalty(coverage, mask, beta)[..., None],
+                                      coverage_penalty(new_cov, mask, beta)[..., None])
+    return cand, cand_tok, ranked, new_cov
+
+
+def _finish(found, sids, history, ranks, attention, src_len) -> None:
+    """Record finished hypotheses (one sync for all of this step's): sids ``(m,)`` sentence
+    indices, history ``(m, t)`` tokens before EOS, ranks ``(m,)``, attention ``(m, t + 1, L, H, S)``."""
+    for i, (sid, toks, score) in enumerate(zip(sids.tolist(), history.tolist(), ranks.tolist())):
+        att = attention[i, ..., : src_len[sid]].float().cpu() if attention is not None else None
+        found[sid].append(Hypothesis(toks, score, att))

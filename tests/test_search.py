@@ -58,12 +58,35 @@ def test_scripted_beam_finds_what_greedy_misses():
 
 
 def test_nbest_scores_and_order():
-    """Beam 3, at most 3 tokens: step 2 keeps B.EOS .36, A.A .27, A.EOS .18 (A.B .15 falls out);
-    step 3 must end A.A with EOS: .6 * .45 * .3 = .081."""
+    """Beam 3, at most 3 tokens. Step 2 ranks B.EOS .36, A.A .27, A.EOS .18, A.B .15, B.A .02: the two
+    EOS among the best 3 finish and leave the beam, so A.A, A.B and B.A go on (a finished hypothesis
+    holding a beam would have pushed A.B out). Step 3 must end them: A.B.EOS .6 * .25 * .9 = .135,
+    A.A.EOS .6 * .45 * .3 = .081."""
     m = BigramModel(SCRIPT)
     hyps = beam_search(m, torch.tensor([[7, 3]]), beam=3, alpha=0.0, n_best=3, max_len_a=0, max_len_b=3)[0]
-    assert [h.tokens for h in hyps] == [[5], [4], [4, 4]]
-    assert [h.score for h in hyps] == pytest.approx([math.log(p) for p in (0.36, 0.18, 0.081)], abs=1e-5)
+    assert [h.tokens for h in hyps] == [[5], [4], [4, 5]]
+    assert [h.score for h in hyps] == pytest.approx([math.log(p) for p in (0.36, 0.18, 0.135)], abs=1e-5)
+
+
+class Recording(BigramModel):
+    """Records the tokens every step is fed."""
+
+    def __init__(self, probs):
+        super().__init__(probs)
+        self.fed = []
+
+    def step(self, tokens, state, need_attention=False):
+        self.fed.append(tokens.tolist())
+        return super().step(tokens, state, need_attention)
+
+
+def test_no_row_extends_a_finished_hypothesis():
+    """Once B.EOS finishes (step 2), every row of step 3 extends a live hypothesis: no EOS is fed,
+    and the sentence keeps k = 3 live beams (A.A, A.B, B.A) until its length limit."""
+    m = Recording(SCRIPT)
+    beam_search(m, torch.tensor([[7, 3]]), beam=3, alpha=0.0, n_best=3, max_len_a=0, max_len_b=3)
+    assert len(m.fed) == 3 and all(EOS not in fed for fed in m.fed)
+    assert sorted(m.fed[2]) == [4, 4, 5]  # last tokens of A.A, B.A and A.B
 
 
 def test_length_penalty_formula_and_ranking():
