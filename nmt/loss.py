@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nmt.models.output import ModelOutput
+from typing import TYPE_CHECKING
+
 from nmt.vocab import PAD_ID
+
+if TYPE_CHECKING:
+    from nmt.models.output import ModelOutput
 
 CHUNK_ELEMENTS = 2**22
 """Logits held at once by :func:`linear_label_smoothed_nll`: 16 MiB of fp32, about a CPU's shared
@@ -80,11 +84,11 @@ def _smoothed_rows(x: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tenso
 def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_grad: bool):
     """Sums of the smoothed loss and the NLL of ``logits = h w^T`` over rows ``h (N, D)`` (no
     padding), with ``w (V, D)``, one chunk of rows at a time; with ``want_grad`` also the
-    gradients of the loss sum, ``(N, D)`` for h and ``(V, D)`` (fp32) for w. h and w are in the
+    gradients of the loss sum in fp32, ``(N, D)`` for h and ``(V, D)`` for w. h and w are in the
     dtype to multiply in; the softmax runs in fp32."""
     rows = max(1, CHUNK_ELEMENTS // w.shape[0])
     loss, nll = h.new_zeros((), dtype=torch.float32), h.new_zeros((), dtype=torch.float32)
-    grad_h = torch.empty_like(h) if want_grad else None
+    grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if want_grad else None
     grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_grad else None
     for start in range(0, h.shape[0], rows):
         h_c, t_c = h[start : start + rows], target[start : start + rows]  # (n, D), (n,)
@@ -95,10 +99,11 @@ def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_
                 p.sub_(eps / p.shape[-1])
             p.scatter_add_(1, t_c[:, None], torch.full_like(p[:, :1], -(1 - eps)))
             g = p.to(h.dtype)
-            torch.mm(g, w, out=grad_h[start : start + rows])  # (n, D)
             if g.dtype == torch.float32:
+                torch.mm(g, w, out=grad_h[start : start + rows])  # (n, D)
                 grad_w.addmm_(g.t(), h_c)  # (V, D)
-            else:  # bf16/fp16 products, summed over chunks in fp32
+            else:  # bf16/fp16 products, kept and summed over chunks in fp32
+                grad_h[start : start + rows] = g @ w
                 grad_w += (g.t() @ h_c).float()
     return loss, nll, grad_h, grad_w
 
@@ -107,7 +112,9 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
     """:class:`_SmoothedCrossEntropy` of ``h w^T`` computed in chunks of rows: the forward pass
     also computes both gradients while each chunk's logits are still in cache, so neither the
     ``(N, V)`` logits nor their softmax outlive a chunk; the backward pass only scales them by the
-    incoming gradient (a scalar). Under autocast the products run in the autocast dtype."""
+    incoming gradient (a scalar). Under autocast the products run in the autocast dtype; the
+    gradients are kept in fp32 until that scaling, so a gradient scaler's factor (fp16) is applied
+    to fp32 values (though the fp16 products themselves see no scaling: not measured with fp16)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, w: Tensor, target: Tensor, eps: float):
@@ -157,7 +164,11 @@ def output_loss(out: ModelOutput, target: Tensor, smoothing: float) -> tuple[Ten
 def fuse_output_projection(device: torch.device | str) -> bool:
     """Whether training asks models for ``project=False`` (:func:`linear_label_smoothed_nll`): on
     a CPU, where it was measured faster (``bench/loss_speed.py``); not yet on CUDA, where the
-    chunked products have not been measured against the unfused ones."""
+    chunked products have not been measured against the unfused ones.
+
+    Under DDP the output matrix is then used outside the wrapped ``forward``; that is fine with
+    ``find_unused_parameters=False`` (our setting: its gradient hook fires once, tied or not), but
+    with ``True`` DDP would count an untied output matrix as unused and fail."""
     return torch.device(device).type == "cpu"
 
 

@@ -83,8 +83,11 @@ def beam_search(
     the sentence's list of finished hypotheses, and the ``k`` best candidates that do not end
     become the next beams (fairseq's scheme), so no row of the batch is spent on a finished
     hypothesis. A sentence is done when its ``n_best``-th finished score is at least its best live
-    beam's (OpenNMT-py's stopping rule, "the best is finished"), or at its length limit, where
-    every beam must end. The coverage penalty (beta > 0) works with any model whose ``step``
+    beam's, or at its length limit, where every beam must end. With alpha = beta = 0 that stop is
+    exact (a live beam's score can only fall); with a length or coverage penalty a live beam could
+    still overtake, and stopping there is the usual approximation (OpenNMT-py stops when the best
+    candidate ends). A sentence gets fewer than ``n_best`` hypotheses only when fewer than that
+    many can end (e.g. a length limit of one token). The coverage penalty (beta > 0) works with any model whose ``step``
     returns non-negative attention (averaged over layers and heads); the attention of the step
     that emits EOS does not count as coverage (EOS translates no source word). With ``beam = 1``
     and beta = 0 this is exactly greedy search.
@@ -104,8 +107,7 @@ def beam_search(
     attn_hist: Tensor | None = None  # (n, k, t, L, H, S)
     coverage = torch.zeros(n, k, src.shape[1], device=dev) if beta > 0 else None  # (n, k, S)
     src_mask = enc["src_mask"]
-    found: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]
-    results: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]
+    found: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]  # per sentence, its n_best so far
     arange_n = torch.arange(n, device=dev)[:, None]
 
     for t in range(int(limit.max())):
@@ -122,13 +124,13 @@ def beam_search(
         if need_attention:
             step_attn = attn.view(n, k, 1, *attn.shape[1:])  # (n, k, 1, L, H, S)
         if ends.any():
-            rows, cols = ends.nonzero(as_tuple=True)
-            parent = top[rows, cols] // cand_tok.shape[-1]
+            who, col = ends.nonzero(as_tuple=True)  # (m,) sentence rows, positions among the k best
+            parent = top[who, col] // cand_tok.shape[-1]
             att = None
             if need_attention:
-                a = step_attn[rows, parent]
-                att = a if attn_hist is None else torch.cat([attn_hist[rows, parent], a], 1)
-            _finish(found, ids[rows], history[rows, parent], top_rank[rows, cols], att, src_len)
+                a = step_attn[who, parent]
+                att = a if attn_hist is None else torch.cat([attn_hist[who, parent], a], 1)
+            _finish(found, ids[who], history[who, parent], top_rank[who, col], att, src_len, n_best)
             best_done = torch.cat([best_done, top_rank.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1).values
         live = (top_tok == EOS_ID).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (n, k): first k not ending
         top, top_rank = top.gather(1, live), top_rank.gather(1, live)
@@ -142,9 +144,6 @@ def beam_search(
             attn_hist = a if attn_hist is None else torch.cat([attn_hist[arange_n, parent], a], 2)
         rows = (arange_n * k + parent).view(-1)  # back-pointers, flat
         done = at_limit | (best_done[:, -1] >= top_rank[:, 0])  # (n,)
-        for row in done.nonzero().squeeze(1).tolist():
-            sid = int(ids[row])
-            results[sid] = sorted(found[sid], key=lambda h: -h.score)[:n_best]
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
@@ -160,7 +159,7 @@ def beam_search(
             arange_n = torch.arange(n, device=dev)[:, None]
         state = reorder_beams(state, rows, kept)
         tokens = tok.view(-1)
-    return results
+    return found  # every sentence ends by its length limit
 
 
 def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask, beta):
@@ -174,7 +173,8 @@ def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask,
     all (every live beam has the same length), and the coverage penalty is per beam too, so each
     beam's ``k + 1`` best tokens are its only candidates (k that do not end, whether or not EOS is
     among them): one pass over ``(n, k, V)``, then everything on ``(n, k, width)``. With coverage,
-    EOS gets the penalty of the old coverage (never below the others': attention >= 0).
+    EOS gets the penalty of the old coverage (never above the others': attention >= 0), so the
+    ``k`` best others are still among each beam's ``k + 1`` best tokens.
     """
     n, k, v = logp.shape
     width = min(k + 1, v)
@@ -184,7 +184,7 @@ def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask,
     cand_lp = torch.where(at_limit[:, None, None], forced, cand_lp)
     cand_tok = torch.where(at_limit[:, None, None], EOS_ID, cand_tok)
     cand = scores[..., None] + cand_lp  # (n, k, width)
-    ranked = cand / length_penalty(torch.tensor(length, device=logp.device), alpha)
+    ranked = cand / float(length_penalty(torch.tensor(length), alpha))  # the same for every live beam
     new_cov = None
     if coverage is not None:
         # The attention of this step counts for every token but EOS: EOS translates no source
@@ -197,9 +197,12 @@ def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask,
     return cand, cand_tok, ranked, new_cov
 
 
-def _finish(found, sids, history, ranks, attention, src_len) -> None:
-    """Record finished hypotheses (one sync for all of this step's): sids ``(m,)`` sentence
-    indices, history ``(m, t)`` tokens before EOS, ranks ``(m,)``, attention ``(m, t + 1, L, H, S)``."""
+def _finish(found, sids, history, ranks, attention, src_len, n_best) -> None:
+    """Record this step's finished hypotheses, keeping each sentence's ``n_best`` best, best first:
+    sids ``(m,)`` sentence indices, history ``(m, t)`` tokens before EOS, ranks ``(m,)``,
+    attention ``(m, t + 1, L, H, S)`` or None. Tokens and scores come to Python in one transfer."""
+    if attention is not None:
+        attention = attention.float().cpu()
     for i, (sid, toks, score) in enumerate(zip(sids.tolist(), history.tolist(), ranks.tolist())):
-        att = attention[i, ..., : src_len[sid]].float().cpu() if attention is not None else None
-        found[sid].append(Hypothesis(toks, score, att))
+        att = attention[i, ..., : src_len[sid]] if attention is not None else None
+        found[sid] = sorted([*found[sid], Hypothesis(toks, score, att)], key=lambda h: -h.score)[:n_best]
