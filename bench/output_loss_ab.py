@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
-
-CONFIGS = {"transformer": "configs/transformer.toml", "lstm": "configs/lstm-luong.toml"}
+from train_throughput import CONFIGS  # noqa: E402
 
 
 def main() -> int:

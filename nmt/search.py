@@ -87,10 +87,10 @@ def beam_search(
     exact (a live beam's score can only fall); with a length or coverage penalty a live beam could
     still overtake, and stopping there is the usual approximation (OpenNMT-py stops when the best
     candidate ends). A sentence gets fewer than ``n_best`` hypotheses only when fewer than that
-    many can end (e.g. a length limit of one token). The coverage penalty (beta > 0) works with any model whose ``step``
-    returns non-negative attention (averaged over layers and heads); the attention of the step
-    that emits EOS does not count as coverage (EOS translates no source word). With ``beam = 1``
-    and beta = 0 this is exactly greedy search.
+    many can end (e.g. a length limit of one token). The coverage penalty (beta > 0) works with
+    any model whose ``step`` returns non-negative attention (averaged over layers and heads); the
+    attention of the step that emits EOS does not count as coverage (EOS translates no source
+    word). With ``beam = 1`` and beta = 0 this is exactly greedy search.
     """
     n_best = min(n_best, beam)
     enc = model.encode(src)
