@@ -94,8 +94,9 @@ def beam_search(
     """
     n_best = min(n_best, beam)
     enc = model.encode(src)
-    limit = max_lengths(enc["src_mask"], max_len_a, max_len_b)  # (B,)
-    src_len = enc["src_mask"].sum(1).tolist()
+    src_mask = enc["src_mask"]  # (B, S)
+    limit = max_lengths(src_mask, max_len_a, max_len_b)  # (B,)
+    src_len = src_mask.sum(1).tolist()
     n, k, dev = src.shape[0], beam, src.device
     state = reorder(model.init_state(enc), torch.arange(n, device=dev).repeat_interleave(k))
     ids = torch.arange(n, device=dev)  # original sentence index of each live row
@@ -106,7 +107,6 @@ def beam_search(
     history = torch.zeros(n, k, 0, dtype=torch.long, device=dev)  # (n, k, t)
     attn_hist: Tensor | None = None  # (n, k, t, L, H, S)
     coverage = torch.zeros(n, k, src.shape[1], device=dev) if beta > 0 else None  # (n, k, S)
-    src_mask = enc["src_mask"]
     found: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]  # per sentence, its n_best so far
     arange_n = torch.arange(n, device=dev)[:, None]
 
@@ -121,17 +121,10 @@ def beam_search(
         top_tok = cand_tok.view(n, -1).gather(1, top)
         ends = (top_tok == EOS_ID) & torch.isfinite(top_rank)
         ends[:, k:] = False  # only candidates among the k best finish (greedy for k = 1)
-        if need_attention:
-            step_attn = attn.view(n, k, 1, *attn.shape[1:])  # (n, k, 1, L, H, S)
+        step_attn = attn.view(n, k, 1, *attn.shape[1:]) if need_attention else None  # (n, k, 1, L, H, S)
         if ends.any():
-            who, col = ends.nonzero(as_tuple=True)  # (m,) sentence rows, positions among the k best
-            parent = top[who, col] // cand_tok.shape[-1]
-            att = None
-            if need_attention:
-                a = step_attn[who, parent]
-                att = a if attn_hist is None else torch.cat([attn_hist[who, parent], a], 1)
-            _finish(found, ids[who], history[who, parent], top_rank[who, col], att, src_len, n_best)
-            best_done = torch.cat([best_done, top_rank.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1).values
+            best_done = _finish(found, ends, top, top_rank, cand_tok.shape[-1], ids, history, step_attn,
+                                attn_hist, best_done, src_len)
         live = (top_tok == EOS_ID).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (n, k): first k not ending
         top, top_rank = top.gather(1, live), top_rank.gather(1, live)
         parent, tok = top // cand_tok.shape[-1], cand_tok.view(n, -1).gather(1, top)
@@ -150,11 +143,9 @@ def beam_search(
         kept = None
         if keep.numel() < n:  # drop finished sentences from the batch
             kept = (keep[:, None] * k + torch.arange(k, device=dev)).view(-1)  # their rows
-            ids, scores, best_done, history = ids[keep], scores[keep], best_done[keep], history[keep]
-            coverage = coverage[keep] if coverage is not None else None
-            attn_hist = attn_hist[keep] if attn_hist is not None else None
+            ids, scores, best_done, history, coverage, attn_hist, tok = _select(
+                keep, ids, scores, best_done, history, coverage, attn_hist, tok)
             rows = rows.view(n, k)[keep].view(-1)
-            tok = tok[keep]
             n = keep.numel()
             arange_n = torch.arange(n, device=dev)[:, None]
         state = reorder_beams(state, rows, kept)
@@ -197,12 +188,29 @@ def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask,
     return cand, cand_tok, ranked, new_cov
 
 
-def _finish(found, sids, history, ranks, attention, src_len, n_best) -> None:
-    """Record this step's finished hypotheses, keeping each sentence's ``n_best`` best, best first:
-    sids ``(m,)`` sentence indices, history ``(m, t)`` tokens before EOS, ranks ``(m,)``,
-    attention ``(m, t + 1, L, H, S)`` or None. Tokens and scores come to Python in one transfer."""
-    if attention is not None:
-        attention = attention.float().cpu()
-    for i, (sid, toks, score) in enumerate(zip(sids.tolist(), history.tolist(), ranks.tolist())):
+def _finish(found, ends, top, top_rank, width, ids, history, step_attn, attn_hist, best_done, src_len) -> Tensor:
+    """Record this step's finished hypotheses and return the new ``best_done``.
+
+    ends ``(n, 2k)`` marks the candidates that finish, top / top_rank ``(n, 2k)`` their flat index
+    into ``(k, width)`` and their rank, ids ``(n,)`` the live sentences' indices, history
+    ``(n, k, t)``, step_attn ``(n, k, 1, L, H, S)`` and attn_hist ``(n, k, t, L, H, S)`` (None
+    without attention), best_done ``(n, n_best)``. Each sentence keeps its ``n_best`` best, best
+    first; tokens and scores come to Python in one transfer, the attention in one CPU copy.
+    """
+    n_best = best_done.shape[1]
+    who, col = ends.nonzero(as_tuple=True)  # (m,) sentence rows, positions among the k best
+    parent = top[who, col] // width
+    attention = None
+    if step_attn is not None:
+        a = step_attn[who, parent]
+        attention = (a if attn_hist is None else torch.cat([attn_hist[who, parent], a], 1)).float().cpu()
+    for i, (sid, toks, score) in enumerate(zip(ids[who].tolist(), history[who, parent].tolist(),
+                                              top_rank[who, col].tolist())):
         att = attention[i, ..., : src_len[sid]] if attention is not None else None
         found[sid] = sorted([*found[sid], Hypothesis(toks, score, att)], key=lambda h: -h.score)[:n_best]
+    return torch.cat([best_done, top_rank.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1).values
+
+
+def _select(keep: Tensor, *xs: Tensor | None) -> tuple:
+    """The rows ``keep`` of each per-sentence tensor (None stays None)."""
+    return tuple(None if x is None else x[keep] for x in xs)
