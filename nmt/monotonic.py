@@ -10,9 +10,14 @@ Training cannot backpropagate through that discrete scan, so it uses the *expect
 
     alpha_ts = p_ts * sum_{k<=s} alpha_{t-1,k} * prod_{l=k}^{s-1} (1 - p_tl)
 
-computed in parallel over s with cumulative products and sums (Raffel et al. 2017, eq. 14):
+computed in parallel over s. Raffel et al. (2017, eq. 14) divide by a cumulative product,
 
-    alpha_t = p_t * cumprod_excl(1 - p_t) * cumsum(alpha_{t-1} / cumprod_excl(1 - p_t))
+    alpha_t = p_t * cumprod_excl(1 - p_t) * cumsum(alpha_{t-1} / cumprod_excl(1 - p_t)),
+
+which divides zero by zero once some p reaches 1 (sigmoid saturates at 1.0 for energies above ~17
+in fp32, ~6 in bf16) and gives alpha = 0 after it. Here the products come from differences of a
+cumulative sum of logs, ``prod_{l=k}^{s-1} (1 - p_l) = exp(L_s - L_k)`` with
+``L_s = sum_{l<s} log(1 - p_l)``, as an ``(S, S)`` matrix per row: never a division, never above 1.
 
 MoChA then spreads each stopping position s over a chunk of the w positions ending at s with a
 softmax of chunk energies u: ``beta_tj = sum_{k=j}^{j+w-1} alpha_tk exp(u_tj) / sum_{l=k-w+1}^{k} exp(u_tl)``.
@@ -26,16 +31,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def exclusive_cumprod(x: Tensor) -> Tensor:
-    """``out_s = prod_{l<s} x_l`` along the last axis (out_0 = 1)."""
-    return torch.cumprod(torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], -1), -1)
-
-
 def expected_alignment(p: Tensor, prev: Tensor, mask: Tensor) -> Tensor:
-    """The parallel expected alignment. p, prev ``(B, N, S)``, mask ``(B, S)`` -> alpha ``(B, N, S)``."""
+    """The parallel expected alignment. p, prev ``(B, N, S)``, mask ``(B, S)`` -> alpha ``(B, N, S)``.
+
+    ``alpha_s = p_s * sum_{k<=s} prev_k * exp(L_s - L_k)`` (see the module docstring); 1 - p is
+    floored at 1e-30 before the log, so a product through a p of 1 is 0 up to 1e-30.
+    """
     p = p * mask[:, None]
-    cp = exclusive_cumprod(1 - p)
-    return p * cp * torch.cumsum(prev / cp.clamp(min=1e-10), -1)
+    logs = torch.log((1 - p).clamp(min=1e-30))  # (B, N, S)
+    cum = torch.cumsum(logs, -1) - logs  # L_s = sum_{l<s} log(1 - p_l), exclusive
+    s = p.shape[-1]
+    upper = torch.ones(s, s, dtype=torch.bool, device=p.device).triu()  # [k, s]: k <= s
+    decay = (cum[..., None, :] - cum[..., :, None]).masked_fill(~upper, float("-inf")).exp()  # (B, N, S_k, S_s)
+    return p * (prev[..., None, :] @ decay).squeeze(-2)
 
 
 def expected_alignment_recursive(p: Tensor, prev: Tensor, mask: Tensor) -> Tensor:
