@@ -2,9 +2,10 @@
 
     python bench/decode.py -m runs/tf60/best.pt --src prepared/de-en/test.src --ref prepared/de-en/test.ref
 
-Two timings per setting: the whole process (``nmt translate`` as a user runs it, start-up and
-model loading included; its peak RSS from the OS) and pure decoding (in this process, model
-already loaded, ``Translator.translate`` over all lines). BLEU/chrF of the output with sacreBLEU.
+Two timings per setting, both on ``--device`` (default cpu): the whole process (``nmt translate``
+as a user runs it, start-up and model loading included; its peak RSS from the OS) and pure
+decoding (in this process, model already loaded, ``Translator.translate`` over all lines).
+BLEU/chrF of the output with sacreBLEU.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_json  # noqa: E402
 
 
-def whole_process(model: str, src: str, beam: int, batch_size: int, quantize: str) -> tuple[float, list[str], float]:
+def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens: int, quantize: str,
+                  device: str) -> tuple[float, list[str], float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src, "--beam", str(beam),
-                        "--batch-size", str(batch_size), "--quantize", quantize], capture_output=True, text=True, check=True)
+                        "--batch-size", str(batch_size), "--batch-tokens", str(batch_tokens), "--quantize", quantize,
+                        "--device", device], capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return seconds, r.stdout.splitlines(), (rss if rss > before else before) / 1024
@@ -37,6 +40,8 @@ def main() -> int:
     ap.add_argument("--ref", required=True)
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 5])
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-tokens", type=int, default=5_000, help="as nmt translate's (0 = no cap)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto, for both timings")
     ap.add_argument("--quantize", default="none", help="none | int8 (dynamic int8, CPU)")
     ap.add_argument("--out", default="bench/results/decode.json")
     args = ap.parse_args()
@@ -44,29 +49,37 @@ def main() -> int:
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.evaluate import score
     from nmt.prepare import read_lines
+    from nmt.train import pick_device
     from nmt.translate import SearchOptions, Translator, quantize
+
+    import torch
 
     from nmt.memory import keep_freed_memory
 
     keep_freed_memory()  # as the nmt command does
     src, ref = read_lines(Path(args.src)), read_lines(Path(args.ref))
     model, vocab = model_from_checkpoint(load_checkpoint(Path(args.model)))
-    model = quantize(model, args.quantize, "cpu")
+    device = pick_device(args.device)
+    model = quantize(model.to(device), args.quantize, device)
     rows = []
     for beam in args.beams:
-        tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size))
+        tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size,
+                                                    batch_tokens=args.batch_tokens), device=device)
         t0 = time.perf_counter()
         hyps = tr.translate(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         pure = time.perf_counter() - t0
-        whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.quantize)
+        whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.batch_tokens,
+                                             args.quantize, str(device))
         assert hyps_cli == hyps, "CLI and in-process translations differ"
         tokens = sum(len(x) for x in vocab.encode(hyps)) + len(hyps)  # pieces + EOS
         s = score(hyps, ref)
-        rows.append({"beam": beam, "quantize": args.quantize, "sentences": len(src), "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure,
+        rows.append({"beam": beam, "device": str(device), "quantize": args.quantize, "sentences": len(src), "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure,
                      "whole_sent_s": len(src) / whole, "whole_s": whole, "peak_rss_mb": rss,
                      "bleu": s["bleu"]["score"], "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]})
         print(rows[-1], file=sys.stderr)
-    print(table(rows, ["beam", "quantize", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
+    print(table(rows, ["beam", "device", "quantize", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
                        "bleu", "chrf"]))
     write_json(args.out, {"model": args.model, "rows": rows})
     return 0

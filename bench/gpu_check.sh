@@ -36,7 +36,7 @@ cp /tmp/nmt-gpu-run/metrics.jsonl "$OUT/metrics.jsonl"
 
 step decode test2016 on the GPU
 timeout 150 $PY bench/decode.py -m /tmp/nmt-gpu-run/best.pt --src "$DATA/test.src" --ref "$DATA/test.ref" \
-    --out "$OUT/decode.json"
+    --device cuda --out "$OUT/decode.json"
 
 step torchrun NCCL
 timeout 120 torchrun --standalone --nproc_per_node 1 -m nmt_cli.main train -c configs/transformer.toml \
