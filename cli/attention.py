@@ -21,11 +21,13 @@ def attention(
     """
     from nmt.alignment import select_heads
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt.report import attention_shape, check_heads
     from nmt.translate import SearchOptions, Translator
     from nmt.visualize import terminal_heatmap
 
     with guard():
         net, vocab = model_from_checkpoint(load_checkpoint(model))
+        check_heads(attention_shape(net, "cpu"), layer, None, "--layer")
         hyps = Translator(net, vocab, SearchOptions(beam=beam)).hypotheses([sentence], need_attention=True)[0]
         if not hyps:
             typer.echo("")

@@ -18,7 +18,8 @@ def err(message: str) -> None:
 
 @contextmanager
 def guard():
-    """Turn a user error into one line on stderr and exit status 1 (a traceback only with --verbose)."""
+    """Turn a user error into one line on stderr and exit status 1 (a traceback only with --verbose);
+    any other exception too, marked as an internal error."""
     try:
         yield
     except NmtError as e:
@@ -31,4 +32,10 @@ def guard():
         raise typer.Exit(130) from None
     except BrokenPipeError:
         sys.stderr.close()
+        raise typer.Exit(1) from None
+    except Exception as e:  # not a user error: still one line (the traceback with --verbose)
+        if VERBOSE["on"] or type(e).__module__.split(".")[0] in ("typer", "click"):  # typer.Exit and co. pass
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        err(f"nmt: internal error: {type(e).__name__}: {first} (run with --verbose for the traceback)")
         raise typer.Exit(1) from None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -31,11 +32,13 @@ def quickstart(
     with guard():
         data, run = out / "data", out / "run"
         pair = lambda split: (corpus_file("multi30k", split, src_lang), corpus_file("multi30k", split, tgt_lang))
-        if not (data / "train.ids.pt").exists():
+        if _prepared_langs(data) != [src_lang, tgt_lang]:  # none yet, another pair, or an interrupted prepare
             err(f"== prepare: Multi30k {src_lang}->{tgt_lang} -> {data}")
             prepare(data, pair("train"), pair("valid"), pair("test"), (src_lang, tgt_lang), log=err)
+        else:
+            err(f"== prepare: reusing {data} (Multi30k {src_lang}->{tgt_lang})")
         err(f"== train: Transformer for {minutes:g} minutes -> {run}")
-        cfg = load_config(None, [f'data.dir="{data}"', f"train.max_minutes={minutes}", "train.valid_every=500",
+        cfg = load_config(None, [f"data.dir={json.dumps(str(data), ensure_ascii=False)}", f"train.max_minutes={minutes}", "train.valid_every=500",
                                  "train.valid_max_sentences=300"])
         train(cfg, run)
         model, vocab = model_from_checkpoint(load_checkpoint(run / "best.pt"))
@@ -49,3 +52,11 @@ def quickstart(
         for s, h in zip(src[:5], tr.translate(src[:5])):
             typer.echo(f"  {s}\n  -> {h}")
         err(f"done. Translate more with: nmt translate -m {run / 'best.pt'} < input.{src_lang}")
+
+
+def _prepared_langs(data: Path) -> list | None:
+    """The language pair of a finished ``nmt prepare`` in ``data`` (prepare.json is written last)."""
+    try:
+        return json.loads((data / "prepare.json").read_text()).get("langs")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,8 +32,8 @@ def train(
 
     with guard():
         overrides = list(set_ or [])
-        if data is not None:
-            overrides.append(f"data.dir={str(data)!r}".replace("'", '"'))
+        if data is not None:  # a JSON string is a valid TOML string: quotes and backslashes escaped
+            overrides.append(f"data.dir={json.dumps(str(data), ensure_ascii=False)}")
         if device is not None:
-            overrides.append(f'train.device="{device}"')
+            overrides.append(f"train.device={json.dumps(device, ensure_ascii=False)}")
         run(load_config(config, overrides), out, resume=resume)

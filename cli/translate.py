@@ -58,8 +58,7 @@ def translate(
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)
-        src = open(input, "rb") if input else sys.stdin.buffer
-        out = open(output, "w", encoding="utf-8", newline="\n") if output else sys.stdout
+        src, out = _open_io(input, output)
         try:
             with torch.inference_mode():
                 for lines in read_chunks(src, chunk_lines, err):
@@ -75,26 +74,49 @@ def translate(
             if page:
                 err(f"attention pictures: {page}")
         finally:
-            for f in (report.alignments, report.stats):
+            for f in (report.alignments, report.stats, src if input else None, out if output else None):
                 if f is not None and f is not sys.stdout:
                     f.close()
-            if input:
-                src.close()
-            if output:
-                out.close()
+
+
+def _open_io(input: Path | None, output: Path | None):
+    """The input (bytes) and output (UTF-8 text) streams; -o must not name the input file."""
+    from nmt.errors import NmtError
+
+    if input and output and output.exists() and output.resolve() == input.resolve():
+        raise NmtError(f"--output {output} is the input file; writing it would empty it before it is read")
+    out = _open_write(output, "--output") if output else sys.stdout
+    if not output and hasattr(sys.stdout, "reconfigure"):
+        try:  # UTF-8 whatever the locale (the input is read as UTF-8 too); never a crash mid-stream
+            sys.stdout.reconfigure(encoding="utf-8", errors="replace")
+        except (ValueError, OSError):
+            pass
+    return (open(input, "rb") if input else sys.stdin.buffer), out
+
+
+def _open_write(path: Path, option: str):
+    from nmt.errors import NmtError
+
+    try:
+        return open(path, "w", encoding="utf-8", newline="\n")
+    except OSError as e:
+        raise NmtError(f"{option} {path}: cannot write ({e.strerror})") from None
 
 
 def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, device):
     from nmt.errors import NmtError
-    from nmt.report import AttentionReport, encoder_self_attention
+    from nmt.report import AttentionReport, attention_shape, check_heads, encoder_self_attention
 
     try:
         head_list = [int(h) for h in heads.split(",")] if heads else None
     except ValueError:
         raise NmtError(f"--align-heads expects comma-separated head numbers, got {heads!r}") from None
-    align_file = None if alignments in (None, "-") else open(alignments, "w", encoding="utf-8")
+    if alignments or stats or pictures:
+        check_heads(attention_shape(model, device), layer, head_list)
+    align_file = None if alignments in (None, "-") else _open_write(Path(alignments), "--alignments")
     return AttentionReport(
-        vocab, picture_dir=pictures, alignments=align_file, stats=open(stats, "w") if stats else None,
+        vocab, picture_dir=pictures, alignments=align_file,
+        stats=_open_write(stats, "--attention-stats") if stats else None,
         layer=layer, heads=head_list, encoder_attention=encoder_self_attention(model, vocab, device) if encoder else None,
         inline_alignments=alignments == "-",
     )

@@ -37,6 +37,9 @@ def atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600; a checkpoint is read like any file
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -105,7 +108,11 @@ def model_from_checkpoint(ckpt: dict):
     from nmt.models import build_model
     from nmt.vocab import Vocab
 
-    model = build_model(ckpt["kind"], ckpt["model_config"])
-    model.load_state_dict(ckpt["weights"])
+    try:
+        model = build_model(ckpt["kind"], ckpt["model_config"])
+        model.load_state_dict(ckpt["weights"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a checkpoint of another version, or edited
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise NmtError(f"the checkpoint does not match this version of nmt's models: {first}") from None
     model.eval()
     return model, Vocab(ckpt["spm_model"].numpy().tobytes())

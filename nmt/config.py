@@ -17,6 +17,7 @@ from typing import Any
 
 from nmt.errors import NmtError
 from nmt.models import model_config_class
+from nmt.schedules import SCHEDULES
 
 
 @dataclass
@@ -50,12 +51,33 @@ class TrainConfig:
     valid_max_sentences: int = 0  # 0 = the whole valid set
     save_every: int = 0  # updates between last.pt writes (0 = at each validation only)
     patience: int = 0  # early stopping: validations without BLEU gain (0 = never stop early)
-    keep_last: bool = True  # write last.pt at each save
+    keep_last: bool = True  # write last.pt at each validation too (save_every and a stop request always do)
     device: str = "auto"  # cpu | cuda | auto
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only; bf16 on CPU and CUDA)
     threads: int = 0  # CPU threads for torch (0 = all cores)
     nan_policy: str = "stop"  # what a NaN/inf loss does: stop | skip
     log_every: int = 50  # updates between JSONL metric lines
+
+    def __post_init__(self):
+        positive = ("batch_tokens", "accumulate", "valid_every", "valid_beam", "log_every")
+        not_negative = ("max_steps", "max_epochs", "max_minutes", "valid_max_sentences", "save_every", "patience",
+                        "threads", "clip_norm", "weight_decay", "coverage_loss", "plateau_patience", "min_lr")
+        checks = [
+            *((getattr(self, k) >= 1, f"train.{k} must be >= 1, got {getattr(self, k)!r}") for k in positive),
+            *((getattr(self, k) >= 0, f"train.{k} must be >= 0, got {getattr(self, k)!r}") for k in not_negative),
+            (self.lr > 0, f"train.lr must be > 0, got {self.lr!r}"),
+            (self.schedule in SCHEDULES, f"unknown train.schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
+            (self.warmup >= 1 or self.schedule not in ("inverse_sqrt", "noam"),
+             f"train.warmup must be >= 1 for the {self.schedule} schedule, got {self.warmup!r}"),
+            (self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup!r}"),
+            (0 < self.plateau_factor <= 1, f"train.plateau_factor must be in (0, 1], got {self.plateau_factor!r}"),
+            (0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"),
+            (self.amp in ("none", "bf16", "fp16"), f"unknown train.amp {self.amp!r}; valid: none, bf16, fp16"),
+            (self.nan_policy in ("stop", "skip"), f"unknown train.nan_policy {self.nan_policy!r}; valid: stop, skip"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 @dataclass

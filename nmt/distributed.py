@@ -32,13 +32,16 @@ class Dist:
 
     @classmethod
     def from_env(cls, device: str = "auto") -> "Dist":
+        """The ranks torchrun set (one process: rank 0 of 1, nothing initialised). ``device`` is
+        train.device: cuda (or auto, where CUDA is) gives each process its GPU and NCCL; cpu, gloo."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         import torch.distributed as dist
 
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and os.environ.get("NMT_DDP_CPU") != "1"
+        # train.device = cpu (or NMT_DDP_CPU=1) keeps the processes on the CPU even where CUDA is
+        use_cuda = torch.cuda.is_available() and device != "cpu" and os.environ.get("NMT_DDP_CPU") != "1"
         if use_cuda:
             torch.cuda.set_device(local)
         if not dist.is_initialized():

@@ -118,6 +118,7 @@ def prepare(
     except ValueError as e:
         raise NmtError(f"{train[0]}: {e}; lower --vocab-size") from None
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "prepare.json").unlink(missing_ok=True)  # written last: its presence marks a finished prepare
     (out_dir / "spm.model").write_bytes(model_bytes)
     vocab = Vocab(model_bytes)
     torch.save(encode_split(vocab, src, tgt), out_dir / "train.ids.pt")

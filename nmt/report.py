@@ -92,3 +92,26 @@ def encoder_self_attention(model, vocab, device):
         return enc["self_attn"][0].float().cpu() if "self_attn" in enc else None
 
     return run
+
+
+@torch.inference_mode()
+def attention_shape(model, device) -> tuple[int, int]:
+    """``(L, H)`` of the attention a model's ``step`` returns, from one step on a one-token source."""
+    from nmt.vocab import BOS_ID, EOS_ID
+
+    state = model.init_state(model.encode(torch.tensor([[EOS_ID]], device=device)))
+    _, _, attn = model.step(torch.tensor([BOS_ID], device=device), state, need_attention=True)  # (1, L, H, S)
+    return attn.shape[1], attn.shape[2]
+
+
+def check_heads(shape: tuple[int, int], layer: int, heads: list[int] | None, option: str = "--align-layer") -> None:
+    """Fail before any output when the layer (``option``) or ``--align-heads`` are out of range."""
+    from nmt.errors import NmtError
+
+    n_layers, n_heads = shape
+    if not -n_layers <= layer < n_layers:
+        raise NmtError(f"{option} {layer}: the model's attention has {n_layers} layer(s) "
+                       f"(0..{n_layers - 1}, or -1 for the last)")
+    bad = [h for h in heads or [] if not 0 <= h < n_heads]
+    if bad:
+        raise NmtError(f"--align-heads {bad[0]}: the model's attention has {n_heads} head(s) (0..{n_heads - 1})")

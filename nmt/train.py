@@ -120,7 +120,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False, log=None):
         self.cfg, self.tc, self.out = config, config.train, Path(out_dir)
-        self.dist = Dist.from_env()
+        self.dist = Dist.from_env(self.tc.device)
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.device = self.dist.device if self.dist.enabled else pick_device(self.tc.device)
         if self.tc.threads:
@@ -231,8 +231,10 @@ class Trainer:
         if not math.isfinite(loss_total):
             self.opt.zero_grad(set_to_none=True)
             if self.tc.nan_policy == "stop":
+                saved = (f"; {self.out / 'last.pt'} holds the last saved state" if (self.out / "last.pt").exists()
+                         else "")
                 raise NmtError(f"loss became {loss_total} at update {self.step + 1}; lower train.lr or set "
-                               "train.nan_policy = \"skip\" (last.pt holds the last good state)")
+                               f"train.nan_policy = \"skip\"{saved}")
             self.log(f"warning: non-finite loss at update {self.step + 1}; batch skipped")
             return None
         self.step += 1
@@ -274,6 +276,10 @@ class Trainer:
             while reason == "limit":
                 batches = epoch_batches(self.train_data, self.tc.batch_tokens, self.tc.seed, self.epoch,
                                         self.dist.rank, self.dist.world)
+                if len(batches) < self.tc.accumulate:  # no update would ever run: the loop would spin
+                    raise NmtError(f"an epoch has {len(batches)} batch(es) per process but train.accumulate is "
+                                   f"{self.tc.accumulate}: lower train.batch_tokens or train.accumulate, or use "
+                                   "fewer processes")
                 while self.position + self.tc.accumulate <= len(batches):
                     group = [self.train_data.collate(b) for b in
                              batches[self.position : self.position + self.tc.accumulate]]
@@ -319,7 +325,9 @@ class Trainer:
         """Validate/save when due; return why to stop, or "limit" to go on."""
         tc = self.tc
         stop_now = self.dist.any(self.stop.requested)
-        out_of_time = tc.max_minutes and self.elapsed >= tc.max_minutes * 60
+        # every process must take the same branch below (validation and saves hold collectives),
+        # and each reads its own clock: the time limit is agreed like the stop request
+        out_of_time = self.dist.any(tc.max_minutes and self.elapsed >= tc.max_minutes * 60)
         out_of_steps = tc.max_steps and self.step >= tc.max_steps
         if self.step % tc.valid_every == 0 or out_of_time or out_of_steps:
             if self._validate(metrics):
@@ -342,9 +350,11 @@ class Trainer:
         stop = False
         if self.dist.is_main:
             result = validate(self.model, self.vocab, self.valid_data, self.valid_text, self.tc, self.device)
-            bleu = result.get("bleu", -1.0)
-            improved = bleu > self.best_bleu
-            if improved:
+            bleu = result.get("bleu")
+            improved = bleu is None or bleu > self.best_bleu  # no valid text: best.pt is the latest
+            if bleu is None:
+                pass  # nothing to select by: early stopping and the plateau schedule do not count
+            elif improved:
                 self.best_bleu, self.bad_validations, self.plateau_bad = bleu, 0, 0
             else:
                 self.bad_validations += 1
@@ -375,7 +385,8 @@ class Trainer:
         }
         if reason == "max_epochs":
             self._validate_final()
-        self.log(f"{messages[reason]} (update {self.step}, best valid BLEU {self.best_bleu:.2f}); run folder {self.out}")
+        best = f"best valid BLEU {self.best_bleu:.2f}" if self.best_bleu >= 0 else "no valid BLEU: best.pt is the latest"
+        self.log(f"{messages[reason]} (update {self.step}, {best}); run folder {self.out}")
         self.dist.close()
         return {"reason": reason, "step": self.step, "best_bleu": self.best_bleu}
 

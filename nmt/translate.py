@@ -57,7 +57,7 @@ def quantize(model, mode: str, device):
     if mode == "none":
         return model
     if torch.device(device).type != "cpu":
-        raise NmtError("--quantize int8 is for CPU decoding; use --device cpu (on a GPU, bf16 is the fast path)")
+        raise NmtError("--quantize int8 is for CPU decoding (dynamic int8 has no GPU kernels); use --device cpu")
     import warnings
 
     from torch.ao.quantization import quantize_dynamic

@@ -36,6 +36,8 @@ def test_lstm_round_trip(tmp_path, spm_bytes):
     m = build_model("lstm", LSTMConfig(vocab_size=300, embed_size=16, hidden_size=16, heads=2, score="mlp")).eval()
     atomic_save(make_checkpoint(m, "lstm", spm_bytes, {}), tmp_path / "l.pt")
     m2, _ = model_from_checkpoint(load_checkpoint(tmp_path / "l.pt"))
+    assert m2.config == m.config
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
     src, _ = random_batch(vocab_size=300)
     assert [h[0].tokens for h in beam_search(m, src)] == [h[0].tokens for h in beam_search(m2, src)]
 

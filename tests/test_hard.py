@@ -128,3 +128,7 @@ def test_hard_attention_trains_through_the_trainer(tmp_path, prepared_small):
                              "train.batch_tokens=300", "train.valid_every=2", "train.valid_beam=1",
                              "train.valid_max_sentences=3", "train.threads=1"])
     assert Trainer(cfg, tmp_path, log=lambda m: None).run()["step"] == 2
+    from nmt.checkpoint import load_checkpoint
+
+    baseline = load_checkpoint(tmp_path / "last.pt")["weights"]["hard_baseline"]
+    assert torch.isfinite(baseline)  # the REINFORCE baseline was updated by the Trainer's updates (NaN before)

@@ -1,5 +1,6 @@
 """`nmt translate` keeps exactly one output line per input line, whatever the input."""
 
+import select
 import subprocess
 import sys
 
@@ -72,7 +73,13 @@ def test_interactive_producer_gets_answers_before_eof(trained_small):
         for _ in range(2):
             p.stdin.write(b"Ein Hund.\n")
             p.stdin.flush()
+            ready, _, _ = select.select([p.stdout], [], [], 60)  # a flushing regression fails, never hangs
+            assert ready, "no answer within 60 s while stdin is open"
             assert p.stdout.readline().endswith(b"\n")  # answered while stdin is still open
     finally:
         p.stdin.close()
-        p.wait(timeout=60)
+        try:
+            p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()

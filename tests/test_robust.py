@@ -26,6 +26,10 @@ def train_losses(prepared, out, extra, resume=False) -> list[float]:
 
 
 def losses(records) -> dict[int, float]:
+    """Train loss by step; a step logged twice (a resume that restarted from scratch and appended
+    to metrics.jsonl, or a second rank logging) fails here."""
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == sorted(set(steps)), steps
     return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
 
 
@@ -100,6 +104,8 @@ def test_sigint_saves_last_and_resume_continues(tmp_path, prepared_small):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert load_checkpoint(out / "last.pt")["meta"]["step"] == step + 2
+    logged = losses([json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()])
+    assert max(logged) == step + 2  # the resumed run went on from `step`, it did not start over
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, prepared_small):
@@ -108,7 +114,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, prepared_small):
     single = losses(train_losses(prepared_small, tmp_path / "one", [*common[1:], "train.accumulate=2"]))
     sets = [a for kv in common for a in ("--set", kv)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "nmt_cli.main", "train", "-o", str(tmp_path / "two"), *sets]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -160,6 +166,8 @@ def test_corpus_resolves_from_data_home(monkeypatch, tmp_path):
     from nmt.corpora import corpus_file
 
     if not (SHARED_DATA / "multi30k").exists():
+        if os.environ.get("NMT_REQUIRE_DATA") == "1":
+            pytest.fail(f"no Multi30k mirror at {SHARED_DATA}")
         pytest.skip("no Multi30k mirror")
     monkeypatch.setenv("NMT_DATA_HOME", str(SHARED_DATA))
     monkeypatch.setenv("NMT_CACHE", str(tmp_path))
@@ -192,3 +200,17 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_in_the_log(tmp_path, prepared_s
     Trainer(cfg, tmp_path, log=lines.append).run()
     assert [l for l in lines if l.startswith("warning:")] == [amp_warning(cpu, "bf16")]
     assert "slower than fp32" in amp_warning(cpu, "bf16")
+
+
+def test_torchrun_time_limit_is_agreed(tmp_path, prepared_small):
+    """Each rank reads its own clock; the time limit must stop both at the same update (a rank that
+    stopped alone used to leave the other waiting in a collective)."""
+    sets = [a for kv in [f'data.dir="{prepared_small}"', *TINY, "train.max_minutes=0.05", "train.valid_every=1000"]
+            for a in ("--set", kv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nmt_cli.main", "train", "-o", str(tmp_path / "two"), *sets]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "reached train.max_minutes" in r.stderr
+    assert load_checkpoint(tmp_path / "two" / "last.pt")["meta"]["step"] >= 1

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from nmt.translate import clean_line, read_chunks
 
 
-def chunks_of(data: bytes, max_lines: int = 3) -> list[str]:
+def chunks_of(data: bytes, max_lines: int = 3, warnings: list | None = None) -> list[str]:
     r, w = os.pipe()
     os.write(w, data)
     os.close(w)
-    warnings = []
+    warnings = [] if warnings is None else warnings
     with os.fdopen(r, "rb") as stream:
         return [line for chunk in read_chunks(stream, max_lines, warnings.append) for line in chunk]
 
@@ -22,8 +22,12 @@ def test_crlf_bom_no_final_newline_and_empty_lines():
 
 
 def test_invalid_utf8_is_replaced_not_dropped():
-    out = chunks_of(b"ok\n\xff\xfebad\nend\n")
-    assert len(out) == 3 and out[0] == "ok" and out[2] == "end" and "bad" in out[1]
+    warnings = []
+    out = chunks_of(b"ok\n\xff\xfebad\nend\n\xc3more\nx\n", max_lines=2, warnings=warnings)
+    assert len(out) == 5 and out[0] == "ok" and out[2] == "end" and "bad" in out[1] and "more" in out[3]
+    assert warnings == ["warning: input has invalid UTF-8; bad bytes were replaced"]  # one warning, two bad lines
+    clean = []
+    assert chunks_of("a \ufffd b\n".encode(), warnings=clean) == ["a \ufffd b"] and clean == []  # a real U+FFFD
 
 
 def test_clean_line_handles_controls_and_tabs():

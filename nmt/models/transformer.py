@@ -43,6 +43,17 @@ class TransformerConfig:
     tie_embeddings: bool = True  # one matrix for source, target and output (joint vocabulary)
     vocab_size: int = 8000  # filled in from the SentencePiece model at training time
 
+    def __post_init__(self):
+        sizes = ("encoder_layers", "decoder_layers", "d_model", "heads", "ff_size", "vocab_size")
+        for k in sizes:
+            if getattr(self, k) < 1:
+                raise ValueError(f"model.{k} must be >= 1, got {getattr(self, k)!r}")
+        if self.d_model % self.heads:
+            raise ValueError(f"model.heads ({self.heads}) must divide model.d_model ({self.d_model})")
+        for k in ("dropout", "activation_dropout", "attention_dropout"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"model.{k} must be in [0, 1), got {getattr(self, k)!r}")
+
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...). Returns ``(length, dim)``."""

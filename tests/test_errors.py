@@ -1,0 +1,170 @@
+"""Bad input and odd set-ups: one clear line, a non-zero exit, nothing lost."""
+
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nmt.config import TrainConfig, load_config
+from nmt.errors import NmtError
+from nmt.models.transformer import TransformerConfig
+from nmt_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def test_output_is_the_input_file(trained_small, tmp_path):
+    src = tmp_path / "in.de"
+    src.write_text("Ein Hund läuft.\nZwei Männer.\n")
+    r = invoke("translate", "-m", trained_small / "best.pt", "-i", src, "-o", src)
+    assert r.exit_code == 1 and "is the input file" in r.output and r.output.count("\n") == 1
+    assert src.read_text() == "Ein Hund läuft.\nZwei Männer.\n"
+
+
+def test_output_in_a_missing_folder(trained_small, tmp_path):
+    r = invoke("translate", "-m", trained_small / "best.pt", "-o", tmp_path / "no" / "out.en", input="x\n")
+    assert r.exit_code == 1 and "--output" in r.output and "cannot write" in r.output
+    r = invoke("translate", "-m", trained_small / "best.pt", "--attention-stats", tmp_path / "no" / "s", input="x\n")
+    assert r.exit_code == 1 and "--attention-stats" in r.output
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--align-layer", "1", "has 1 layer(s)"),  # trained_small has one decoder layer
+    ("--align-layer", "-2", "has 1 layer(s)"),
+    ("--align-heads", "0,2", "--align-heads 2: the model's attention has 2 head(s)"),
+])
+def test_alignment_layer_and_heads_checked_before_any_output(trained_small, option, value, message):
+    r = invoke("translate", "-m", trained_small / "best.pt", "--alignments", "-", option, value, input="Ein Hund.\n")
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1  # the error line only, no output
+    r = invoke("translate", "-m", trained_small / "best.pt", "--alignments", "-", "--align-layer", "-1",
+               "--align-heads", "1", input="Ein Hund.\n")
+    assert r.exit_code == 0 and r.stdout.count("\n") == 1 and "\t" in r.stdout
+
+
+def test_verbose_raises_the_error_itself(tmp_path):
+    (tmp_path / "bad.pt").write_text("x")
+    r = runner.invoke(app, ["-v", "info", str(tmp_path / "bad.pt")])
+    assert r.exit_code != 0 and isinstance(r.exception, NmtError)
+    r = runner.invoke(app, ["info", str(tmp_path / "bad.pt")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit) and "nmt: error:" in r.output
+
+
+def test_unexpected_exception_is_one_line(trained_small, monkeypatch):
+    import nmt.translate
+
+    def boom(*a, **k):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(nmt.translate.Translator, "hypotheses", boom)
+    r = invoke("translate", "-m", trained_small / "best.pt", input="x\n")
+    assert r.exit_code == 1 and r.output == (
+        "nmt: internal error: RuntimeError: something broke (run with --verbose for the traceback)\n")
+    r = invoke("-v", "translate", "-m", trained_small / "best.pt", input="x\n")
+    assert isinstance(r.exception, RuntimeError)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.valid_every=0", "train.valid_every must be >= 1"),
+    ("train.accumulate=0", "train.accumulate must be >= 1"),
+    ("train.valid_beam=0", "train.valid_beam must be >= 1"),
+    ("train.warmup=0", "train.warmup must be >= 1 for the inverse_sqrt schedule"),
+    ("train.schedule=\"cosine\"", "unknown train.schedule 'cosine'; valid: inverse_sqrt"),
+    ("train.amp=\"fp8\"", "unknown train.amp 'fp8'"),
+    ("train.label_smoothing=1.0", "train.label_smoothing must be in [0, 1)"),
+    ("model.heads=3", "model.heads (3) must divide model.d_model (256)"),
+    ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+])
+def test_config_values_are_checked(override, message, tmp_path):
+    with pytest.raises(NmtError, match=None) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+    r = invoke("train", "-o", tmp_path / "r", "--set", override)
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1
+
+
+def test_config_defaults_and_edge_values_are_valid():
+    TrainConfig(), TransformerConfig()
+    assert TrainConfig(warmup=0, schedule="constant").warmup == 0
+
+
+def test_mismatched_checkpoint_is_a_clear_error(trained_small, tmp_path):
+    from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(trained_small / "best.pt")
+    ckpt["model_config"] = {**ckpt["model_config"], "ff_size": 128}
+    with pytest.raises(NmtError, match="does not match this version of nmt's models: Error"):
+        model_from_checkpoint(ckpt)
+    ckpt["model_config"] = {**ckpt["model_config"], "no_such_field": 1}
+    with pytest.raises(NmtError, match="does not match"):
+        model_from_checkpoint(ckpt)
+
+
+def test_checkpoint_is_readable_by_others(trained_small):
+    mode = stat.S_IMODE(os.stat(trained_small / "best.pt").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def _train_cfg(data, *extra):
+    return load_config(None, [f'data.dir="{data}"', "model.d_model=32", "model.heads=2", "model.ff_size=64",
+                              "model.encoder_layers=1", "model.decoder_layers=1", "train.batch_tokens=600",
+                              "train.threads=1", *extra])
+
+
+def test_training_without_valid_data_writes_best(prepared_small, tmp_path):
+    from nmt.train import Trainer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("spm.model", "train.ids.pt"):
+        shutil.copy(prepared_small / name, data / name)
+    logs = []
+    result = Trainer(_train_cfg(data, "train.max_steps=4", "train.valid_every=2", "train.patience=1"),
+                     tmp_path / "run", log=logs.append).run()
+    assert result["reason"] == "max_steps" and result["step"] == 4  # patience 1 never stops it
+    assert (tmp_path / "run" / "best.pt").exists() and "best.pt is the latest" in logs[-1]
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["meta"]["step"] == 4
+
+
+def test_too_few_batches_for_accumulate_is_an_error(prepared_small, tmp_path):
+    from nmt.train import Trainer
+
+    with pytest.raises(NmtError, match="train.accumulate is 1000"):
+        Trainer(_train_cfg(prepared_small, "train.accumulate=1000", "train.max_minutes=0.1"),
+                tmp_path / "run", log=lambda m: None).run()
+
+
+def test_data_path_with_quotes_reaches_the_config(tmp_path):
+    odd = tmp_path / "bob's \"data\""
+    odd.mkdir()
+    r = invoke("train", "-d", odd, "-o", tmp_path / "r")
+    assert r.exit_code == 1 and f"{odd}: no spm.model here" in r.output
+
+
+def test_quickstart_reuses_only_a_finished_prepare_of_the_same_pair(tmp_path):
+    import json
+
+    from nmt_cli.quickstart import _prepared_langs
+
+    assert _prepared_langs(tmp_path) is None  # nothing there
+    (tmp_path / "train.ids.pt").write_bytes(b"")  # an interrupted prepare leaves no prepare.json
+    assert _prepared_langs(tmp_path) is None
+    (tmp_path / "prepare.json").write_text(json.dumps({"langs": ["de", "en"]}))
+    assert _prepared_langs(tmp_path) == ["de", "en"]
+    (tmp_path / "prepare.json").write_text("{not json")
+    assert _prepared_langs(tmp_path) is None
+
+
+def test_attention_command_checks_its_layer(trained_small):
+    r = invoke("attention", "-m", trained_small / "best.pt", "--layer", "3", "Ein Hund.")
+    assert r.exit_code == 1 and "--layer 3: the model's attention has 1 layer(s)" in r.output
+    r = invoke("attention", "-m", trained_small / "best.pt", "--layer", "0", "Ein Hund.")
+    assert r.exit_code == 0 and r.output.count("\n") >= 3
