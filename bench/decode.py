@@ -65,6 +65,9 @@ def main() -> int:
     for beam in args.beams:
         tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size,
                                                     batch_tokens=args.batch_tokens), device=device)
+        tr.translate(src[:16])  # warm-up: first-call set-up (CUDA context and kernels, allocator) is not timed
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         hyps = tr.translate(src)
         if device.type == "cuda":

@@ -33,9 +33,12 @@ def guard():
     except BrokenPipeError:
         sys.stderr.close()
         raise typer.Exit(1) from None
-    except Exception as e:  # not a user error: still one line (the traceback with --verbose)
+    except Exception as e:  # anything else: still one line (the traceback with --verbose)
         if VERBOSE["on"] or type(e).__module__.split(".")[0] in ("typer", "click"):  # typer.Exit and co. pass
             raise
         first = (str(e).strip().splitlines() or [""])[0]
-        err(f"nmt: internal error: {type(e).__name__}: {first} (run with --verbose for the traceback)")
+        if isinstance(e, (OSError, MemoryError)) or type(e).__name__ == "OutOfMemoryError":  # the machine's
+            err(f"nmt: error: {first or type(e).__name__}")  # e.g. disk full, permission denied, CUDA out of memory
+        else:
+            err(f"nmt: internal error: {type(e).__name__}: {first} (run with --verbose for the traceback)")
         raise typer.Exit(1) from None

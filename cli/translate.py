@@ -49,6 +49,8 @@ def translate(
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
     with guard():
+        _check_distinct(input, {"--output": output, "--attention-stats": attention_stats,
+                                "--alignments": None if alignments in (None, "-") else Path(alignments)})
         dev = pick_device(device)
         net, vocab = model_from_checkpoint(load_checkpoint(model))
         net = quantize_model(net.to(dev), quantize, dev)
@@ -79,12 +81,23 @@ def translate(
                     f.close()
 
 
-def _open_io(input: Path | None, output: Path | None):
-    """The input (bytes) and output (UTF-8 text) streams; -o must not name the input file."""
+def _check_distinct(input: Path | None, outputs: dict) -> None:
+    """Before anything is opened: no output file may be the input or another output (opening it
+    for writing would empty it, or two streams would interleave in it)."""
     from nmt.errors import NmtError
 
-    if input and output and output.exists() and output.resolve() == input.resolve():
-        raise NmtError(f"--output {output} is the input file; writing it would empty it before it is read")
+    seen = {input.resolve(): "--input"} if input else {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:
+            raise NmtError(f"{option} {path} is the same file as {seen[key]}; give each its own file")
+        seen[key] = option
+
+
+def _open_io(input: Path | None, output: Path | None):
+    """The input (bytes) and output (UTF-8 text) streams."""
     out = _open_write(output, "--output") if output else sys.stdout
     if not output and hasattr(sys.stdout, "reconfigure"):
         try:  # UTF-8 whatever the locale (the input is read as UTF-8 too); never a crash mid-stream

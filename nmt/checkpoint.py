@@ -30,6 +30,10 @@ from nmt.errors import NmtError
 FORMAT_VERSION = 1
 
 
+_UMASK = os.umask(0o022)  # read once (the call sets it, so put it straight back)
+os.umask(_UMASK)
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     """Write ``obj`` to ``path`` so that ``path`` is always either the old or the new file:
     temp file in the same folder, fsync, rename, fsync the folder."""
@@ -37,10 +41,11 @@ def atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600; a checkpoint is read like any file
         with os.fdopen(fd, "wb") as f:
+            try:  # mkstemp makes it 0600; a checkpoint is read like any other file
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            except OSError:  # a file system without modes: keep mkstemp's
+                pass
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())

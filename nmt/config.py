@@ -73,6 +73,8 @@ class TrainConfig:
             (0 < self.plateau_factor <= 1, f"train.plateau_factor must be in (0, 1], got {self.plateau_factor!r}"),
             (0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"),
             (self.amp in ("none", "bf16", "fp16"), f"unknown train.amp {self.amp!r}; valid: none, bf16, fp16"),
+            (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
+             f"unknown train.device {self.device!r}; valid: cpu, cuda, cuda:N, auto"),
             (self.nan_policy in ("stop", "skip"), f"unknown train.nan_policy {self.nan_policy!r}; valid: stop, skip"),
         ]
         for ok, message in checks:

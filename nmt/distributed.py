@@ -42,6 +42,10 @@ class Dist:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         # train.device = cpu (or NMT_DDP_CPU=1) keeps the processes on the CPU even where CUDA is
         use_cuda = torch.cuda.is_available() and device != "cpu" and os.environ.get("NMT_DDP_CPU") != "1"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            from nmt.errors import NmtError
+
+            raise NmtError("train.device = cuda: no CUDA device is available here; use cpu")
         if use_cuda:
             torch.cuda.set_device(local)
         if not dist.is_initialized():

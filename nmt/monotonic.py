@@ -35,8 +35,14 @@ def expected_alignment(p: Tensor, prev: Tensor, mask: Tensor) -> Tensor:
     """The parallel expected alignment. p, prev ``(B, N, S)``, mask ``(B, S)`` -> alpha ``(B, N, S)``.
 
     ``alpha_s = p_s * sum_{k<=s} prev_k * exp(L_s - L_k)`` (see the module docstring); 1 - p is
-    floored at 1e-30 before the log, so a product through a p of 1 is 0 up to 1e-30.
+    floored at 1e-30 before the log, so a product through a p of 1 is 0 up to 1e-30. Costs
+    ``O(S^2)`` per row and step (the division form: ``O(S)``); computed in fp32 under autocast.
     """
+    with torch.autocast(p.device.type, enabled=False):
+        return _expected_alignment(p.float(), prev.float(), mask)
+
+
+def _expected_alignment(p: Tensor, prev: Tensor, mask: Tensor) -> Tensor:
     p = p * mask[:, None]
     logs = torch.log((1 - p).clamp(min=1e-30))  # (B, N, S)
     cum = torch.cumsum(logs, -1) - logs  # L_s = sum_{l<s} log(1 - p_l), exclusive

@@ -98,7 +98,8 @@ def beam_search(
     limit = max_lengths(src_mask, max_len_a, max_len_b)  # (B,)
     src_len = src_mask.sum(1).tolist()
     n, k, dev = src.shape[0], beam, src.device
-    state = reorder(model.init_state(enc), torch.arange(n, device=dev).repeat_interleave(k))
+    shared = getattr(model, "shares_source_rows", False) and k > 1  # src_* entries: one row per sentence
+    state = _expand_beams(model.init_state(enc), k, shared)
     ids = torch.arange(n, device=dev)  # original sentence index of each live row
     scores = torch.full((n, k), float("-inf"), device=dev)  # raw log P of each beam
     scores[:, 0] = 0.0
@@ -142,7 +143,7 @@ def beam_search(
             break
         kept = None
         if keep.numel() < n:  # drop finished sentences from the batch
-            kept = (keep[:, None] * k + torch.arange(k, device=dev)).view(-1)  # their rows
+            kept = keep if shared else (keep[:, None] * k + torch.arange(k, device=dev)).view(-1)  # their rows
             ids, scores, best_done, history, coverage, attn_hist, tok = _select(
                 keep, ids, scores, best_done, history, coverage, attn_hist, tok)
             rows = rows.view(n, k)[keep].view(-1)
@@ -151,6 +152,15 @@ def beam_search(
         state = reorder_beams(state, rows, kept)
         tokens = tok.view(-1)
     return found  # every sentence ends by its length limit
+
+
+def _expand_beams(state: dict[str, Tensor], k: int, shared: bool) -> dict[str, Tensor]:
+    """Each sentence's state row repeated for its ``k`` beams (sentence-major: row ``i * k + j``);
+    with ``shared`` the ``src_*`` entries keep one row per sentence (``shares_source_rows``)."""
+    first = next(iter(state.values()))  # every entry is batch-first: (n, ...)
+    per_beam = torch.arange(first.shape[0], device=first.device).repeat_interleave(k)
+    full = reorder({key: v for key, v in state.items() if not (shared and key.startswith("src_"))}, per_beam)
+    return {key: full.get(key, v) for key, v in state.items()}
 
 
 def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask, beta):

@@ -327,7 +327,7 @@ class Trainer:
         stop_now = self.dist.any(self.stop.requested)
         # every process must take the same branch below (validation and saves hold collectives),
         # and each reads its own clock: the time limit is agreed like the stop request
-        out_of_time = self.dist.any(tc.max_minutes and self.elapsed >= tc.max_minutes * 60)
+        out_of_time = bool(tc.max_minutes) and self.dist.any(self.elapsed >= tc.max_minutes * 60)
         out_of_steps = tc.max_steps and self.step >= tc.max_steps
         if self.step % tc.valid_every == 0 or out_of_time or out_of_steps:
             if self._validate(metrics):
@@ -385,7 +385,8 @@ class Trainer:
         }
         if reason == "max_epochs":
             self._validate_final()
-        best = f"best valid BLEU {self.best_bleu:.2f}" if self.best_bleu >= 0 else "no valid BLEU: best.pt is the latest"
+        best = ("no valid text: best.pt is the latest checkpoint" if self.valid_text is None
+                else f"best valid BLEU {self.best_bleu:.2f}" if self.best_bleu >= 0 else "not validated yet")
         self.log(f"{messages[reason]} (update {self.step}, {best}); run folder {self.out}")
         self.dist.close()
         return {"reason": reason, "step": self.step, "best_bleu": self.best_bleu}

@@ -24,8 +24,13 @@ def test_output_is_the_input_file(trained_small, tmp_path):
     src = tmp_path / "in.de"
     src.write_text("Ein Hund läuft.\nZwei Männer.\n")
     r = invoke("translate", "-m", trained_small / "best.pt", "-i", src, "-o", src)
-    assert r.exit_code == 1 and "is the input file" in r.output and r.output.count("\n") == 1
-    assert src.read_text() == "Ein Hund läuft.\nZwei Männer.\n"
+    assert r.exit_code == 1 and "is the same file as --input" in r.output and r.output.count("\n") == 1
+    r = invoke("translate", "-m", trained_small / "best.pt", "-i", src, "--alignments", src)
+    assert r.exit_code == 1 and "--alignments" in r.output and "same file as --input" in r.output
+    r = invoke("translate", "-m", trained_small / "best.pt", "-i", src, "-o", tmp_path / "o", "--attention-stats",
+               tmp_path / "o")
+    assert r.exit_code == 1 and "--attention-stats" in r.output and "same file as --output" in r.output
+    assert src.read_text() == "Ein Hund läuft.\nZwei Männer.\n" and not (tmp_path / "o").exists()
 
 
 def test_output_in_a_missing_folder(trained_small, tmp_path):
@@ -168,3 +173,20 @@ def test_attention_command_checks_its_layer(trained_small):
     assert r.exit_code == 1 and "--layer 3: the model's attention has 1 layer(s)" in r.output
     r = invoke("attention", "-m", trained_small / "best.pt", "--layer", "0", "Ein Hund.")
     assert r.exit_code == 0 and r.output.count("\n") >= 3
+
+
+def test_environment_errors_are_not_internal_errors(trained_small, monkeypatch):
+    import nmt.translate
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nmt.translate.Translator, "hypotheses", full)
+    r = invoke("translate", "-m", trained_small / "best.pt", input="x\n")
+    assert r.exit_code == 1 and r.output == "nmt: error: [Errno 28] No space left on device\n"
+
+
+def test_unknown_device_is_a_config_error():
+    with pytest.raises(NmtError, match="unknown train.device 'gpu'"):
+        load_config(None, ['train.device="gpu"'])
+    assert load_config(None, ['train.device="cuda:1"']).train.device == "cuda:1"

@@ -109,3 +109,43 @@ def test_bf16_autocast_training_step_on_cpu():
         m(src, tgt).logits.float().logsumexp(-1).sum().backward()
     grads = [p.grad for p in m.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("beam", [2, 5])
+def test_beams_sharing_source_rows_change_nothing(beam):
+    """Beam search keeps the cross-attention keys/values once per sentence (shares_source_rows):
+    same hypotheses, scores and attention as with one copy per beam, sentences dropping out included."""
+    from nmt.search import beam_search
+
+    torch.manual_seed(3)
+    m = tiny_transformer().eval()
+    src = torch.cat([random_batch(b=4, s=9, seed=1)[0], random_batch(b=3, s=9, seed=2)[0]])  # (7, 9)
+    shared = beam_search(m, src, beam=beam, n_best=2, need_attention=True, max_len_b=6)
+    m.shares_source_rows = False
+    copied = beam_search(m, src, beam=beam, n_best=2, need_attention=True, max_len_b=6)
+    for a, b in zip(shared, copied):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        for ha, hb in zip(a, b):
+            assert ha.score == pytest.approx(hb.score, abs=1e-5)
+            assert torch.allclose(ha.attention, hb.attention, atol=1e-5)
+    assert len({len(h[0].tokens) for h in shared}) > 1  # sentences ended at different steps
+
+
+def test_grouped_cross_attention_equals_per_row():
+    from nmt.models.transformer import MultiHeadAttention
+
+    torch.manual_seed(0)
+    att = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(6, 1, 32)  # 3 sentences x 2 beams, one query each
+    memory = torch.randn(3, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    k, v = att.project_kv(memory)  # (3, H, 5, Dh)
+    grouped, w_grouped = att(x, k, v, mask=mask, need_weights=True)
+    rows = torch.arange(3).repeat_interleave(2)
+    per_row, w_per_row = att(x, k[rows], v[rows], mask=mask[rows], need_weights=True)
+    assert torch.allclose(grouped, per_row, atol=1e-6) and torch.allclose(w_grouped, w_per_row, atol=1e-6)
+    assert torch.allclose(att(x, k, v, mask=mask)[0], per_row, atol=1e-6)  # the path without weights
+    x2 = torch.randn(6, 2, 32)  # two queries per row: the fused kernel's path, grouped
+    assert torch.allclose(att(x2, k, v, mask=mask)[0], att(x2, k[rows], v[rows], mask=mask[rows])[0], atol=1e-5)
+    with pytest.raises(ValueError, match="cannot share"):
+        att(torch.randn(5, 1, 32), k, v, mask=mask)

@@ -10,7 +10,10 @@ Every model implements the same four methods, so one search and one training loo
     dimension 0. Because it is batch-first, :func:`reorder` serves beam search for every model.
     Entries named ``src_*`` depend on the source sentence only (the source mask, attention keys and
     values of the memory): every beam of a sentence holds the same rows, so :func:`reorder_beams`
-    leaves them in place when beams are reordered within their sentences.
+    leaves them in place when beams are reordered within their sentences. A model whose ``step``
+    also takes them with one row per sentence (``B / beam`` rows; query row i reads row
+    ``i // beam``) says so with a class attribute ``shares_source_rows = True``, and beam search
+    then keeps one copy of them per sentence instead of one per beam.
 ``step(tokens, state, need_attention=False) -> (log_probs, state, attention)``
     One target token per sentence, tokens ``(B,)``. Returns log-probabilities ``(B, V)``, the new
     state (the old one is left untouched), and, when asked, the encoder-decoder attention of this
@@ -86,6 +89,7 @@ def reorder(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
 def reorder_beams(state: dict[str, Tensor], index: Tensor, kept: Tensor | None = None) -> dict[str, Tensor]:
     """:func:`reorder` for beam search, whose back-pointers ``index (B',)`` stay within a sentence:
     the ``src_*`` entries (the same for all beams of a sentence) are not copied, only selected with
-    ``kept (B',)`` (rows of the sentences still in the batch) when sentences were dropped."""
+    ``kept`` when sentences were dropped: the rows of the sentences still in the batch ``(B',)``,
+    or those sentences ``(B' / beam,)`` when the entries hold one row per sentence."""
     return {k: (v if kept is None else v.index_select(0, kept)) if k.startswith("src_") else v.index_select(0, index)
             for k, v in state.items()}

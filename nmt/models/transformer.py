@@ -130,29 +130,43 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attend from queries ``x (B, T, D)`` to cached keys/values ``(B, H, S, Dh)``.
+        """Attend from queries ``x (B, T, D)`` to cached keys/values ``(B', H, S, Dh)``.
+
+        ``B' = B``, or ``B / g`` when g consecutive query rows (the beams of a sentence) share one
+        row of keys, values and ``mask``: their queries are then stacked as ``g * T`` queries of that
+        row, one ``(g*T, S)`` product per row instead of g ``(T, S)`` ones over g copies.
 
         ``mask``: bool ``(B, S)`` key mask, True = real. ``causal``: query t sees keys <= t
         (training-time decoder self-attention; needs T == S). Returns ``(B, T, D)`` and, if
         ``need_weights``, the weights ``(B, H, T, S)``.
         """
         q = split_heads(self.q_proj(x), self.heads)  # (B, H, T, Dh)
+        b, h, t, dh = q.shape
+        if k.shape[0] == 0 or b % k.shape[0]:
+            raise ValueError(f"{b} query rows cannot share {k.shape[0]} rows of keys/values")
+        g = b // k.shape[0]  # > 1: the g query rows of each beam share one row of keys/values
+        if g > 1:
+            q = q.view(-1, g, h, t, dh).transpose(1, 2).reshape(-1, h, g * t, dh)  # (B/g, H, g*T, Dh)
         p = self.dropout if self.training else 0.0
         if mask is not None:
             mask = mask[:, None, None, :]  # (B, 1, 1, S)
-        if causal:
-            t, s = q.shape[2], k.shape[2]
-            future = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
+        if causal:  # (training-time self-attention: g == 1)
+            tq, sk = q.shape[2], k.shape[2]
+            future = torch.ones(tq, sk, dtype=torch.bool, device=x.device).tril(sk - tq)
             mask = future if mask is None else mask & future
         # One query per sentence on a CPU (a decoding step): two small matmuls beat the fused
         # kernel's per-call set-up.
-        if not need_weights and (q.is_cuda or q.shape[2] > 1):
-            out = fused_attention(q, k, v, mask, p)
-            return self.out_proj(merge_heads(out)), None
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-        out, weights = attend(scores, v, mask)
-        if p:
-            out = F.dropout(weights, p) @ v
+        if not need_weights and (q.is_cuda or t > 1):
+            out, weights = fused_attention(q, k, v, mask, p), None
+        else:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
+            out, weights = attend(scores, v, mask)
+            if p:
+                out = F.dropout(weights, p) @ v
+        if g > 1:  # back to one row per query: (B/g, H, g*T, .) -> (B, H, T, .)
+            out = out.view(-1, h, g, t, dh).transpose(1, 2).reshape(b, h, t, dh)
+            if need_weights:
+                weights = weights.view(-1, h, g, t, weights.shape[-1]).transpose(1, 2).reshape(b, h, t, -1)
         return self.out_proj(merge_heads(out)), weights if need_weights else None
 
 
@@ -229,6 +243,8 @@ class DecoderLayer(nn.Module):
 
 class Transformer(nn.Module):
     """Encoder-decoder Transformer implementing ``encode / init_state / step / forward``."""
+
+    shares_source_rows = True  # step takes src_* entries with one row per sentence (see nmt.models)
 
     def __init__(self, c: TransformerConfig):
         super().__init__()
