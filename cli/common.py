@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import typer
 
-from nmt.errors import NmtError
+from nmt.errors import NmtError, first_line
 
 VERBOSE = {"on": False}
 
@@ -36,7 +36,7 @@ def guard():
     except Exception as e:  # anything else: still one line (the traceback with --verbose)
         if VERBOSE["on"] or type(e).__module__.split(".")[0] in ("typer", "click"):  # typer.Exit and co. pass
             raise
-        first = (str(e).strip().splitlines() or [""])[0]
+        first = first_line(e)
         if isinstance(e, (OSError, MemoryError)) or type(e).__name__ == "OutOfMemoryError":  # the machine's
             err(f"nmt: error: {first or type(e).__name__}")  # e.g. disk full, permission denied, CUDA out of memory
         else:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from nmt import __version__
-from nmt.errors import NmtError
+from nmt.errors import NmtError, first_line
 
 FORMAT_VERSION = 1
 
@@ -117,7 +117,6 @@ def model_from_checkpoint(ckpt: dict):
         model = build_model(ckpt["kind"], ckpt["model_config"])
         model.load_state_dict(ckpt["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a checkpoint of another version, or edited
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise NmtError(f"the checkpoint does not match this version of nmt's models: {first}") from None
+        raise NmtError(f"the checkpoint does not match this version of nmt's models: {first_line(e)}") from None
     model.eval()
     return model, Vocab(ckpt["spm_model"].numpy().tobytes())

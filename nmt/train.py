@@ -145,10 +145,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.tc.amp == "fp16" else None
         self.step, self.epoch, self.position, self.elapsed = 0, 0, 0, 0.0
         self.best_bleu, self.bad_validations, self.lr_scale, self.plateau_bad = -1.0, 0, 1.0, 0
-        if self.tc.schedule not in SCHEDULES:
-            raise NmtError(f"unknown train.schedule {self.tc.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.tc.nan_policy not in ("stop", "skip"):
-            raise NmtError(f"unknown train.nan_policy {self.tc.nan_policy!r}; valid: stop, skip")
         self.stop = Stop()
         if resume:
             self._resume()
