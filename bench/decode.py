@@ -22,15 +22,50 @@ from common import table, write_json  # noqa: E402
 
 
 def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens: int, quantize: str,
-                  device: str) -> tuple[float, list[str], float]:
+                  device: str, amp: str) -> tuple[float, list[str], float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src, "--beam", str(beam),
                         "--batch-size", str(batch_size), "--batch-tokens", str(batch_tokens), "--quantize", quantize,
-                        "--device", device], capture_output=True, text=True, check=True)
+                        "--device", device, "--amp", amp], capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return seconds, r.stdout.splitlines(), (rss if rss > before else before) / 1024
+
+
+def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, device, args) -> dict:
+    """One row: pure decoding in this process, then the whole ``nmt translate`` process, same settings."""
+    import torch
+
+    from nmt.evaluate import score
+    from nmt.translate import SearchOptions, Translator
+
+    tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                                                amp=amp), device=device)
+    cuda = device.type == "cuda"
+    with torch.inference_mode():
+        tr.translate(src[:16])  # warm-up: first-call set-up (CUDA context and kernels, allocator) is not timed
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        hyps = tr.translate(src)
+        if cuda:
+            torch.cuda.synchronize()
+        pure = time.perf_counter() - t0
+    whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.batch_tokens,
+                                         args.quantize, str(device), amp)
+    same = sum(a == b for a, b in zip(hyps_cli, hyps))
+    assert len(hyps_cli) == len(hyps) and (same == len(hyps) or cuda), "CLI and in-process translations differ"
+    tokens = sum(len(x) for x in vocab.encode(hyps)) + len(hyps)  # pieces + EOS
+    s = score(hyps, ref)
+    row = {"beam": beam, "device": str(device), "quantize": args.quantize, "amp": amp, "sentences": len(src),
+           "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure, "whole_sent_s": len(src) / whole,
+           "whole_s": whole, "peak_rss_mb": rss, "cli_same_lines": same, "bleu": s["bleu"]["score"],
+           "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]}
+    if cuda:
+        row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return row
 
 
 def main() -> int:
@@ -43,16 +78,14 @@ def main() -> int:
     ap.add_argument("--batch-tokens", type=int, default=5_000, help="as nmt translate's (0 = no cap)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto, for both timings")
     ap.add_argument("--quantize", default="none", help="none | int8 (dynamic int8, CPU)")
+    ap.add_argument("--amp", nargs="+", default=["none"], help="none | bf16 | fp16 autocast while decoding (each one a row)")
     ap.add_argument("--out", default="bench/results/decode.json")
     args = ap.parse_args()
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
-    from nmt.evaluate import score
     from nmt.prepare import read_lines
     from nmt.train import pick_device
-    from nmt.translate import SearchOptions, Translator, quantize
-
-    import torch
+    from nmt.translate import quantize
 
     from nmt.memory import keep_freed_memory
 
@@ -62,28 +95,12 @@ def main() -> int:
     device = pick_device(args.device)
     model = quantize(model.to(device), args.quantize, device)
     rows = []
-    for beam in args.beams:
-        tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size,
-                                                    batch_tokens=args.batch_tokens), device=device)
-        tr.translate(src[:16])  # warm-up: first-call set-up (CUDA context and kernels, allocator) is not timed
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        hyps = tr.translate(src)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        pure = time.perf_counter() - t0
-        whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.batch_tokens,
-                                             args.quantize, str(device))
-        assert hyps_cli == hyps, "CLI and in-process translations differ"
-        tokens = sum(len(x) for x in vocab.encode(hyps)) + len(hyps)  # pieces + EOS
-        s = score(hyps, ref)
-        rows.append({"beam": beam, "device": str(device), "quantize": args.quantize, "sentences": len(src), "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure,
-                     "whole_sent_s": len(src) / whole, "whole_s": whole, "peak_rss_mb": rss,
-                     "bleu": s["bleu"]["score"], "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]})
-        print(rows[-1], file=sys.stderr)
-    print(table(rows, ["beam", "device", "quantize", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
-                       "bleu", "chrf"]))
+    for amp in args.amp:
+        for beam in args.beams:
+            rows.append(measure(model, vocab, src, ref, beam, amp, device, args))
+            print(rows[-1], file=sys.stderr)
+    print(table(rows, ["beam", "device", "quantize", "amp", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
+                       "bleu", "chrf"] + (["peak_gpu_mem_mb"] if device.type == "cuda" else [])))
     write_json(args.out, {"model": args.model, "rows": rows})
     return 0
 

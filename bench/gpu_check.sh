@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The CUDA paths in one short run (about 8 minutes on one H100): training throughput fp32 / bf16 / fp16
-# (GradScaler), a 3-minute bf16 Transformer training with test BLEU, decoding speed, a torchrun NCCL
-# smoke run, and the test suite with CUDA visible.
+# The CUDA paths in one short run (about 8 minutes on one H100, 11 with the training): training
+# throughput fp32 / bf16 / fp16 (GradScaler), Transformer and LSTM; a MINUTES-minute bf16 Transformer
+# training (skipped when MODEL names a checkpoint to decode instead); decoding speed, fp32 and bf16
+# autocast, greedy and beam 5, at the default batch and with the batch caps off; a torchrun NCCL
+# smoke run; the test suite with CUDA visible (pytest-xdist when installed).
 #
 #     OUT=gpu-results DATA=prepared/de-en bash bench/gpu_check.sh
+#     OUT=gpu-results MODEL=runs/tf60/best.pt bash bench/gpu_check.sh     # decode this model, no training
 #
 # Needs torch (CUDA), sentencepiece, sacrebleu, typer, tqdm; nmt itself runs from the checkout.
 set -u
 OUT=${OUT:-gpu-results}
 DATA=${DATA:-prepared/de-en}
 MINUTES=${MINUTES:-3}
+MODEL=${MODEL:-}
 mkdir -p "$OUT" /tmp/nmt-pp
 ln -sfn "$PWD/cli" /tmp/nmt-pp/nmt_cli
 ln -sfn "$PWD/data" /tmp/nmt-pp/nmt_recipes
@@ -25,18 +29,24 @@ step throughput at the CPU batch size
 timeout 200 $PY bench/train_throughput.py --data "$DATA" --models transformer lstm --amp none bf16 \
     --warmup 5 --updates 40 --out "$OUT/throughput.json"
 step throughput with 24k-token batches, fp16 with GradScaler too
-timeout 120 $PY bench/train_throughput.py --data "$DATA" --models transformer --amp none bf16 fp16 \
+timeout 150 $PY bench/train_throughput.py --data "$DATA" --models transformer lstm --amp none bf16 fp16 \
     --batch-tokens 24000 --warmup 3 --updates 20 --out "$OUT/throughput_big.json"
 
-step train "$MINUTES" minutes bf16
-timeout $((MINUTES * 60 + 90)) $PY -m nmt_cli.main train -c configs/transformer.toml -o /tmp/nmt-gpu-run \
-    --set data.dir="\"$DATA\"" --set train.amp='"bf16"' --set train.max_minutes="$MINUTES" \
-    --set train.valid_every=1000 --set train.save_every=1000
-cp /tmp/nmt-gpu-run/metrics.jsonl "$OUT/metrics.jsonl"
+if [ -z "$MODEL" ]; then
+    step train "$MINUTES" minutes bf16
+    timeout $((MINUTES * 60 + 90)) $PY -m nmt_cli.main train -c configs/transformer.toml -o /tmp/nmt-gpu-run \
+        --set data.dir="\"$DATA\"" --set train.amp='"bf16"' --set train.max_minutes="$MINUTES" \
+        --set train.valid_every=1000 --set train.save_every=1000
+    cp /tmp/nmt-gpu-run/metrics.jsonl "$OUT/metrics.jsonl"
+    MODEL=/tmp/nmt-gpu-run/best.pt
+fi
 
-step decode test2016 on the GPU
-timeout 150 $PY bench/decode.py -m /tmp/nmt-gpu-run/best.pt --src "$DATA/test.src" --ref "$DATA/test.ref" \
-    --device cuda --out "$OUT/decode.json"
+step decode test2016 on the GPU, fp32 and bf16 autocast
+timeout 150 $PY bench/decode.py -m "$MODEL" --src "$DATA/test.src" --ref "$DATA/test.ref" \
+    --device cuda --amp none bf16 --out "$OUT/decode.json"
+step decode with the batch caps off: all 1,000 sentences in one batch
+timeout 100 $PY bench/decode.py -m "$MODEL" --src "$DATA/test.src" --ref "$DATA/test.ref" \
+    --device cuda --amp none bf16 --batch-size 1000 --batch-tokens 0 --out "$OUT/decode_big.json"
 
 step torchrun NCCL
 timeout 120 torchrun --standalone --nproc_per_node 1 -m nmt_cli.main train -c configs/transformer.toml \
@@ -44,5 +54,6 @@ timeout 120 torchrun --standalone --nproc_per_node 1 -m nmt_cli.main train -c co
     --set train.valid_every=60 --set train.valid_max_sentences=50 2>&1 | tail -5
 
 step pytest with CUDA visible
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+XDIST=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8")  # 8 workers x 2 threads, not 8 x 16
+OMP_NUM_THREADS=2 timeout 300 $PY -m pytest -q -p no:cacheprovider $XDIST tests 2>&1 | tail -15 | tee "$OUT/pytest.txt"
 step done

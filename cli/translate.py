@@ -26,6 +26,8 @@ def translate(
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read and translated at a time.")] = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     quantize: Annotated[str, typer.Option(help="int8: dynamic int8 weights for faster CPU decoding; none.")] = "none",
+    amp: Annotated[str, typer.Option(help="bf16 or fp16: autocast while decoding (CUDA; bf16 on a CPU only "
+                                          "with native bf16); none.")] = "none",
     attention: Annotated[Optional[Path], typer.Option(help="Write attention heatmaps (SVG) and index.html here.")] = None,
     encoder_attention: Annotated[bool, typer.Option(help="With --attention: also draw encoder self-attention.")] = False,
     alignments: Annotated[Optional[str], typer.Option(help="Pharaoh word alignments to FILE, or '-' for a TAB column.")] = None,
@@ -56,7 +58,7 @@ def translate(
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
-                             coverage_penalty=coverage_penalty)
+                             coverage_penalty=coverage_penalty, amp=amp)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)

@@ -67,14 +67,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, amp: str):
-    """The autocast context for ``amp`` (none | bf16 | fp16)."""
+def autocast(device: torch.device, amp: str, option: str = "train.amp"):
+    """The autocast context for ``amp`` (none | bf16 | fp16); ``option`` names the setting in errors."""
     if amp == "none":
         return nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise NmtError("train.amp = fp16 needs CUDA; use bf16 on CPU")
     if amp not in ("bf16", "fp16"):
-        raise NmtError(f"unknown train.amp {amp!r}; valid: none, bf16, fp16")
+        raise NmtError(f"unknown {option} {amp!r}; valid: none, bf16, fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise NmtError(f"{option} fp16 needs CUDA; use bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
@@ -89,12 +89,21 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
-def amp_warning(device: torch.device, amp: str) -> str | None:
-    """A one-line warning when ``amp`` will make training slower, not faster, on ``device``."""
+def amp_warning(device: torch.device, amp: str, option: str = "train.amp") -> str | None:
+    """A one-line warning when ``amp`` will make training or decoding slower, not faster, on ``device``."""
     if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        return ("warning: train.amp = bf16 on a CPU without native bf16 (AVX512-BF16/AMX) is emulated "
-                "and many times slower than fp32; use train.amp = \"none\"")
+        return (f"warning: {option} bf16 on a CPU without native bf16 (AVX512-BF16/AMX) is emulated "
+                "and many times slower than fp32; use none")
     return None
+
+
+def check_amp(model: torch.nn.Module, device: torch.device, amp: str, option: str = "train.amp") -> None:
+    """Fail in one line where ``amp`` cannot run ``model`` at all: oneDNN has no bf16 LSTM kernel on
+    a CPU without native bf16 (it raises "could not create a primitive descriptor" mid-run)."""
+    if (amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
+            and any(isinstance(m, torch.nn.LSTM) for m in model.modules())):
+        raise NmtError(f"{option} bf16 cannot run an LSTM on this CPU (no native bf16, so no oneDNN kernel); "
+                       "use none")
 
 
 def rng_state() -> dict:
@@ -139,6 +148,7 @@ class Trainer:
         random.seed(self.tc.seed)
         torch.manual_seed(self.tc.seed)
         self.model = build_model(config.model_kind, config.model).to(self.device)
+        check_amp(self.model, self.device, self.tc.amp)
         self.ddp_model = self.dist.wrap(self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, betas=self.tc.adam_betas,
                                     eps=1e-9, weight_decay=self.tc.weight_decay)

@@ -39,6 +39,7 @@ class SearchOptions:
     batch_size: int = 128  # at most this many sentences per decoding batch
     batch_tokens: int = 5_000  # and at most this many hypotheses x longest source (0 = no limit)
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
+    amp: str = "none"  # bf16 | fp16: autocast while searching (CUDA; bf16 on a CPU only with native bf16)
 
 
 QUANTIZE = ("none", "int8")
@@ -91,8 +92,15 @@ class Translator:
 
     def __init__(self, model, vocab, options: SearchOptions = SearchOptions(), device="cpu",
                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
+        from nmt.train import amp_warning, autocast, check_amp
+
         self.model, self.vocab, self.opt, self.device, self.warn = model, vocab, options, torch.device(device), warn
         self._warned_long = False
+        self._autocast = lambda: autocast(self.device, options.amp, "--amp")
+        self._autocast()  # an unknown or unusable --amp fails here, before any input is read
+        check_amp(model, self.device, options.amp, "--amp")
+        if (warning := amp_warning(self.device, options.amp, "--amp")) is not None:
+            warn(warning)
 
     def _encode(self, lines: list[str]) -> list[list[int]]:
         ids = self.vocab.encode(lines)
@@ -123,9 +131,10 @@ class Translator:
             src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
             for row, j in enumerate(chunk):
                 src[row, : len(ids[j])] = torch.tensor(ids[j])
-            out = beam_search(self.model, src.to(self.device), self.opt.beam, self.opt.max_len_a,
-                              self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention,
-                              self.opt.coverage_penalty)
+            with self._autocast():
+                out = beam_search(self.model, src.to(self.device), self.opt.beam, self.opt.max_len_a,
+                                  self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention,
+                                  self.opt.coverage_penalty)
             for row, j in enumerate(chunk):
                 results[todo[j]] = out[row]
         return results

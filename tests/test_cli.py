@@ -177,6 +177,64 @@ def test_translate_quantize_int8(trained_small):
     assert r.exit_code != 0 and "valid: none, int8" in r.output
 
 
+def test_translate_amp(trained_small):
+    lines = "Ein Hund läuft.\n\nZwei Männer sitzen auf einer Bank.\n"
+    plain = invoke("translate", "-m", trained_small / "best.pt", "--device", "cpu", input=lines)
+    r = invoke("translate", "-m", trained_small / "best.pt", "--amp", "bf16", "--device", "cpu", input=lines)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == ""
+    assert len(r.stdout) > 3 and plain.exit_code == 0
+    for amp, message in [("fp16", "--amp fp16 needs CUDA"), ("fp8", "unknown --amp 'fp8'; valid: none, bf16, fp16")]:
+        r = invoke("translate", "-m", trained_small / "best.pt", "--amp", amp, "--device", "cpu", input=lines)
+        assert r.exit_code == 1 and r.stdout == "" and message in r.output
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+def test_search_scores_stay_fp32_under_autocast(kind):
+    """Beam scores add up log-probabilities over many steps: the models return them in fp32 even
+    when the step itself runs under bf16 autocast (``nmt translate --amp bf16``)."""
+    import torch
+
+    from conftest import tiny_transformer
+    from nmt.models import build_model
+    from nmt.models.lstm import LSTMConfig
+
+    from nmt.train import cpu_has_native_bf16
+
+    if kind == "lstm" and not cpu_has_native_bf16():
+        pytest.skip("oneDNN has no bf16 LSTM kernel on a CPU without native bf16 (test_lstm_bf16_on_such_a_cpu)")
+    torch.manual_seed(0)
+    m = (tiny_transformer() if kind == "transformer" else
+         build_model("lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1))).eval()
+    src = torch.randint(4, 40, (3, 7))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = m.init_state(m.encode(src))
+        logp = m.step(torch.full((3,), 1), state)[0]  # (B, V)
+    assert logp.dtype == torch.float32 and logp.shape == (3, 40)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(3), atol=1e-4)
+
+
+def test_lstm_bf16_on_such_a_cpu(prepared_small, tmp_path, monkeypatch):
+    """Without native bf16 oneDNN has no bf16 LSTM: training and decoding say so in one line
+    (instead of oneDNN's "could not create a primitive descriptor" mid-run)."""
+    import torch
+
+    import nmt.train
+    from nmt.errors import NmtError
+    from nmt.models import build_model
+    from nmt.models.lstm import LSTMConfig
+    from nmt.translate import SearchOptions, Translator
+
+    monkeypatch.setattr(nmt.train, "cpu_has_native_bf16", lambda: False)
+    r = invoke("train", "-o", tmp_path / "run", "--set", f'data.dir="{prepared_small}"', "--set", 'model.kind="lstm"',
+               "--set", 'train.amp="bf16"', "--set", "train.max_steps=1")
+    assert r.exit_code == 1 and "train.amp bf16 cannot run an LSTM on this CPU" in r.output, r.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+    m = build_model("lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1))
+    with pytest.raises(NmtError, match="--amp bf16 cannot run an LSTM"):
+        Translator(m, None, SearchOptions(amp="bf16"), device=torch.device("cpu"))
+
+
 def test_quantize_int8_replaces_linear_and_lstm_layers():
     import copy
 
