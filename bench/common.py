@@ -29,7 +29,7 @@ def machine() -> dict:
     """What the figures were measured on: CPU model, cores, torch's CPU kernels, native bf16."""
     import torch
 
-    from nmt.train import cpu_has_native_bf16
+    from nmt.device import cpu_has_native_bf16
 
     model = platform.processor()
     try:

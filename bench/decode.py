@@ -84,7 +84,7 @@ def main() -> int:
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.prepare import read_lines
-    from nmt.train import pick_device
+    from nmt.device import pick_device
     from nmt.translate import quantize
 
     from nmt.memory import keep_freed_memory

@@ -43,7 +43,7 @@ def evaluate(
             if src is None:
                 raise NmtError("--model needs --src (the source text to translate)")
             from nmt.checkpoint import load_checkpoint, model_from_checkpoint
-            from nmt.train import pick_device
+            from nmt.device import pick_device
             from nmt.translate import SearchOptions, Translator
 
             dev = pick_device(device)

@@ -47,7 +47,7 @@ def translate(
     import torch
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
-    from nmt.train import pick_device
+    from nmt.device import pick_device
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
     with guard():

@@ -24,6 +24,7 @@ import torch
 from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from nmt.config import RunConfig
 from nmt.data import Batch, ParallelIds, epoch_batches
+from nmt.device import amp_warning, autocast, check_amp, pick_device
 from nmt.distributed import Dist
 from nmt.errors import NmtError
 from nmt.loss import coverage_loss, fuse_output_projection, output_loss
@@ -55,55 +56,6 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NmtError("--device cuda: no CUDA device is available here; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise NmtError(f"unknown device {name!r}; valid: cpu, cuda, auto")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str, option: str = "train.amp"):
-    """The autocast context for ``amp`` (none | bf16 | fp16); ``option`` names the setting in errors."""
-    if amp == "none":
-        return nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise NmtError(f"unknown {option} {amp!r}; valid: none, bf16, fp16")
-    if amp == "fp16" and device.type != "cuda":
-        raise NmtError(f"{option} fp16 needs CUDA; use bf16 on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as oneDNN sees it.
-
-    Without it, bf16 autocast on the CPU is emulated: on an AVX2 AMD EPYC a Transformer update
-    took 15x as long as in fp32 (the backward's bf16 GEMMs fall to a reference kernel)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: let autocast decide
-        return True
-
-
-def amp_warning(device: torch.device, amp: str, option: str = "train.amp") -> str | None:
-    """A one-line warning when ``amp`` will make training or decoding slower, not faster, on ``device``."""
-    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        return (f"warning: {option} bf16 on a CPU without native bf16 (AVX512-BF16/AMX) is emulated "
-                "and many times slower than fp32; use none")
-    return None
-
-
-def check_amp(model: torch.nn.Module, device: torch.device, amp: str, option: str = "train.amp") -> None:
-    """Fail in one line where ``amp`` cannot run ``model`` at all: oneDNN has no bf16 LSTM kernel on
-    a CPU without native bf16 (it raises "could not create a primitive descriptor" mid-run)."""
-    if (amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
-            and any(isinstance(m, torch.nn.LSTM) for m in model.modules())):
-        raise NmtError(f"{option} bf16 cannot run an LSTM on this CPU (no native bf16, so no oneDNN kernel); "
-                       "use none")
 
 
 def rng_state() -> dict:

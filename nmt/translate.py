@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import torch
 
+from nmt.device import amp_warning, autocast, check_amp
 from nmt.search import Hypothesis, beam_search
 from nmt.vocab import EOS_ID, PAD_ID
 
@@ -92,12 +93,9 @@ class Translator:
 
     def __init__(self, model, vocab, options: SearchOptions = SearchOptions(), device="cpu",
                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
-        from nmt.train import amp_warning, autocast, check_amp
-
         self.model, self.vocab, self.opt, self.device, self.warn = model, vocab, options, torch.device(device), warn
         self._warned_long = False
-        self._autocast = lambda: autocast(self.device, options.amp, "--amp")
-        self._autocast()  # an unknown or unusable --amp fails here, before any input is read
+        autocast(self.device, options.amp, "--amp")  # an unknown or unusable --amp fails here, before any input
         check_amp(model, self.device, options.amp, "--amp")
         if (warning := amp_warning(self.device, options.amp, "--amp")) is not None:
             warn(warning)
@@ -131,7 +129,7 @@ class Translator:
             src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
             for row, j in enumerate(chunk):
                 src[row, : len(ids[j])] = torch.tensor(ids[j])
-            with self._autocast():
+            with autocast(self.device, self.opt.amp, "--amp"):
                 out = beam_search(self.model, src.to(self.device), self.opt.beam, self.opt.max_len_a,
                                   self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention,
                                   self.opt.coverage_penalty)

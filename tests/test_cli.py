@@ -199,7 +199,7 @@ def test_search_scores_stay_fp32_under_autocast(kind):
     from nmt.models import build_model
     from nmt.models.lstm import LSTMConfig
 
-    from nmt.train import cpu_has_native_bf16
+    from nmt.device import cpu_has_native_bf16
 
     if kind == "lstm" and not cpu_has_native_bf16():
         pytest.skip("oneDNN has no bf16 LSTM kernel on a CPU without native bf16 (test_lstm_bf16_on_such_a_cpu)")
@@ -219,13 +219,13 @@ def test_lstm_bf16_on_such_a_cpu(prepared_small, tmp_path, monkeypatch):
     (instead of oneDNN's "could not create a primitive descriptor" mid-run)."""
     import torch
 
-    import nmt.train
+    import nmt.device
     from nmt.errors import NmtError
     from nmt.models import build_model
     from nmt.models.lstm import LSTMConfig
     from nmt.translate import SearchOptions, Translator
 
-    monkeypatch.setattr(nmt.train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(nmt.device, "cpu_has_native_bf16", lambda: False)
     r = invoke("train", "-o", tmp_path / "run", "--set", f'data.dir="{prepared_small}"', "--set", 'model.kind="lstm"',
                "--set", 'train.amp="bf16"', "--set", "train.max_steps=1")
     assert r.exit_code == 1 and "train.amp bf16 cannot run an LSTM on this CPU" in r.output, r.output

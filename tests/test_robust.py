@@ -61,7 +61,7 @@ def test_resume_without_last_is_an_error(tmp_path, prepared_small):
 
 def test_nan_loss_stops_or_skips(tmp_path, prepared_small, monkeypatch):
     from nmt.errors import NmtError
-    import nmt.train
+    import nmt.device
 
     real = nmt.train.output_loss
 
@@ -187,13 +187,13 @@ def test_keep_freed_memory_is_switchable(monkeypatch):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_in_the_log(tmp_path, prepared_small, monkeypatch):
-    import nmt.train
-    from nmt.train import amp_warning
+    import nmt.device
+    from nmt.device import amp_warning
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(nmt.train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(nmt.device, "cpu_has_native_bf16", lambda: True)
     assert amp_warning(cpu, "bf16") is None
-    monkeypatch.setattr(nmt.train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(nmt.device, "cpu_has_native_bf16", lambda: False)
     assert amp_warning(cpu, "none") is None and amp_warning(torch.device("cuda"), "bf16") is None
     lines = []
     cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1", 'train.amp="bf16"'])
