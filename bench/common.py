@@ -41,11 +41,13 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def usable_amps(amps: list[str]) -> list[str]:
-    """``amps`` without bf16 when it would run emulated (a CPU without native bf16, no GPU): such a
-    figure measures the emulation (15x slower than fp32 on an AVX2 EPYC), not the toolkit."""
+def usable_amps(amps: list[str], cuda: bool | None = None) -> list[str]:
+    """``amps`` without bf16 when it would run emulated (a CPU without native bf16, and no GPU or
+    ``cuda=False``): such a figure measures the emulation (15x slower than fp32 on an AVX2 EPYC),
+    not the toolkit. ``cuda``: whether the figures run on the GPU (default: whether there is one)."""
     here = machine()
-    if "bf16" in amps and not here["native_bf16"] and here["gpu"] is None:
+    on_gpu = here["gpu"] is not None if cuda is None else cuda
+    if "bf16" in amps and not here["native_bf16"] and not on_gpu:
         print(f"skipping bf16: {here['cpu']} has no native bf16 (AVX512-BF16/AMX)", file=sys.stderr)
         return [a for a in amps if a != "bf16"]
     return amps

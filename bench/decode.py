@@ -11,26 +11,36 @@ BLEU/chrF of the output with sacreBLEU.
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
+from common import table, usable_amps, write_json  # noqa: E402
 
 
 def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens: int, quantize: str,
                   device: str, amp: str) -> tuple[float, list[str], float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run ``nmt translate`` once: seconds, output lines, and that process's own peak RSS in MiB."""
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src, "--beam", str(beam),
-                        "--batch-size", str(batch_size), "--batch-tokens", str(batch_tokens), "--quantize", quantize,
-                        "--device", device, "--amp", amp], capture_output=True, text=True, check=True)
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: the child never blocks on it
+        proc = subprocess.Popen([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src, "--beam",
+                                 str(beam), "--batch-size", str(batch_size), "--batch-tokens", str(batch_tokens),
+                                 "--quantize", quantize, "--device", device, "--amp", amp],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, not the maximum over all children
+        err.seek(0)
+        message = err.read().decode(errors="replace").strip()
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, r.stdout.splitlines(), (rss if rss > before else before) / 1024
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"nmt translate failed ({proc.returncode}): {message}")
+    return seconds, out.decode().splitlines(), usage.ru_maxrss / 1024
 
 
 def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, device, args) -> dict:
@@ -44,14 +54,14 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
                                                 amp=amp), device=device)
     cuda = device.type == "cuda"
     with torch.inference_mode():
-        tr.translate(src[:16])  # warm-up: first-call set-up (CUDA context and kernels, allocator) is not timed
+        tr.translate(src[: args.batch_size])  # warm-up: first-call set-up (CUDA context and kernels, allocator)
         if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         hyps = tr.translate(src)
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         pure = time.perf_counter() - t0
     whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.batch_tokens,
                                          args.quantize, str(device), amp)
@@ -64,7 +74,7 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
            "whole_s": whole, "peak_rss_mb": rss, "cli_same_lines": same, "bleu": s["bleu"]["score"],
            "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]}
     if cuda:
-        row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row
 
 
@@ -95,12 +105,15 @@ def main() -> int:
     device = pick_device(args.device)
     model = quantize(model.to(device), args.quantize, device)
     rows = []
-    for amp in args.amp:
+    amps = args.amp if device.type == "cuda" else usable_amps(args.amp, cuda=False)
+    if not amps:
+        ap.error("nothing to measure: add --amp none")
+    for amp in amps:
         for beam in args.beams:
             rows.append(measure(model, vocab, src, ref, beam, amp, device, args))
             print(rows[-1], file=sys.stderr)
     print(table(rows, ["beam", "device", "quantize", "amp", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
-                       "bleu", "chrf"] + (["peak_gpu_mem_mb"] if device.type == "cuda" else [])))
+                       "cli_same_lines", "bleu", "chrf"] + (["peak_gpu_mem_mb"] if device.type == "cuda" else [])))
     write_json(args.out, {"model": args.model, "rows": rows})
     return 0
 

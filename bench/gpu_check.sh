@@ -9,6 +9,7 @@
 #
 #     OUT=gpu-results DATA=prepared/de-en bash bench/gpu_check.sh
 #     OUT=gpu-results MODEL=runs/tf60/best.pt bash bench/gpu_check.sh     # decode this model, no training
+#     OUT=$OUT MODEL=... PYTEST=0 bash bench/gpu_check.sh    # within a 10-minute limit (the device tool's)
 #
 # Needs torch (CUDA), sentencepiece, sacrebleu, typer, tqdm; nmt itself runs from the checkout.
 set -u
@@ -32,7 +33,7 @@ step throughput at the CPU batch size
 timeout 200 $PY bench/train_throughput.py --data "$DATA" --models transformer lstm --amp none bf16 \
     --warmup 5 --updates 40 --out "$OUT/throughput.json"
 step throughput with 24k-token batches, fp16 with GradScaler too
-timeout 150 $PY bench/train_throughput.py --data "$DATA" --models transformer lstm --amp none bf16 fp16 \
+timeout 240 $PY bench/train_throughput.py --data "$DATA" --models transformer lstm --amp none bf16 fp16 \
     --batch-tokens 24000 --warmup 3 --updates 20 --out "$OUT/throughput_big.json"
 
 if [ -z "$MODEL" ]; then

@@ -26,8 +26,8 @@ def translate(
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read and translated at a time.")] = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     quantize: Annotated[str, typer.Option(help="int8: dynamic int8 weights for faster CPU decoding; none.")] = "none",
-    amp: Annotated[str, typer.Option(help="bf16 or fp16: autocast while decoding (CUDA; bf16 on a CPU only "
-                                          "with native bf16); none.")] = "none",
+    amp: Annotated[str, typer.Option(help="bf16 or fp16: autocast while decoding (fp16: CUDA only; bf16 on a "
+                                          "CPU without native bf16 is emulated and slow); none.")] = "none",
     attention: Annotated[Optional[Path], typer.Option(help="Write attention heatmaps (SVG) and index.html here.")] = None,
     encoder_attention: Annotated[bool, typer.Option(help="With --attention: also draw encoder self-attention.")] = False,
     alignments: Annotated[Optional[str], typer.Option(help="Pharaoh word alignments to FILE, or '-' for a TAB column.")] = None,

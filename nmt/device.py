@@ -37,14 +37,19 @@ def autocast(device: torch.device, amp: str, option: str = "train.amp"):
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as oneDNN sees it.
+    """Whether this CPU multiplies bf16 in hardware: AVX512-BF16 or AMX.
 
     Without it, bf16 autocast on the CPU is emulated: on an AVX2 AMD EPYC a Transformer update
-    took 15x as long as in fp32 (the backward's bf16 GEMMs fall to a reference kernel)."""
+    took 15x as long as in fp32 (the backward's bf16 GEMMs fall to a reference kernel). (oneDNN's
+    own ``_is_mkldnn_bf16_supported`` also says yes for plain AVX-512, where bf16 is emulated too.)"""
+    cpu = torch.cpu
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: let autocast decide
-        return True
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch: ask oneDNN
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN: let autocast decide
+            return True
 
 
 def amp_warning(device: torch.device, amp: str, option: str = "train.amp") -> str | None:
@@ -56,9 +61,15 @@ def amp_warning(device: torch.device, amp: str, option: str = "train.amp") -> st
 
 
 def check_amp(model: torch.nn.Module, device: torch.device, amp: str, option: str = "train.amp") -> None:
-    """Fail in one line where ``amp`` cannot run ``model`` at all: oneDNN has no bf16 LSTM kernel on
-    a CPU without native bf16 (it raises "could not create a primitive descriptor" mid-run)."""
+    """Fail in one line where ``amp`` cannot run ``model`` at all: dynamic int8 layers take fp32
+    input only, and oneDNN has no bf16 LSTM kernel on a CPU without native bf16 (both raise
+    mid-run otherwise)."""
+    if amp == "none":
+        return
+    modules = list(model.modules())
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in modules):
+        raise NmtError(f"{option} {amp} cannot run int8 layers (--quantize int8 takes fp32 input); use one or the other")
     if (amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
-            and any(isinstance(m, torch.nn.LSTM) for m in model.modules())):
+            and any(isinstance(m, torch.nn.LSTM) for m in modules)):
         raise NmtError(f"{option} bf16 cannot run an LSTM on this CPU (no native bf16, so no oneDNN kernel); "
                        "use none")

@@ -40,7 +40,7 @@ class SearchOptions:
     batch_size: int = 128  # at most this many sentences per decoding batch
     batch_tokens: int = 5_000  # and at most this many hypotheses x longest source (0 = no limit)
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
-    amp: str = "none"  # bf16 | fp16: autocast while searching (CUDA; bf16 on a CPU only with native bf16)
+    amp: str = "none"  # bf16 | fp16: autocast while searching (fp16 CUDA only; CPU bf16 is slow without native bf16)
 
 
 QUANTIZE = ("none", "int8")

@@ -179,14 +179,34 @@ def test_translate_quantize_int8(trained_small):
 
 def test_translate_amp(trained_small):
     lines = "Ein Hund läuft.\n\nZwei Männer sitzen auf einer Bank.\n"
-    plain = invoke("translate", "-m", trained_small / "best.pt", "--device", "cpu", input=lines)
     r = invoke("translate", "-m", trained_small / "best.pt", "--amp", "bf16", "--device", "cpu", input=lines)
     assert r.exit_code == 0, r.output
-    assert r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == ""
-    assert len(r.stdout) > 3 and plain.exit_code == 0
-    for amp, message in [("fp16", "--amp fp16 needs CUDA"), ("fp8", "unknown --amp 'fp8'; valid: none, bf16, fp16")]:
-        r = invoke("translate", "-m", trained_small / "best.pt", "--amp", amp, "--device", "cpu", input=lines)
-        assert r.exit_code == 1 and r.stdout == "" and message in r.output
+    assert r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == "" and r.stdout.split("\n")[0]
+    for args, message in [(["--amp", "fp16"], "--amp fp16 needs CUDA"),
+                          (["--amp", "fp8"], "unknown --amp 'fp8'; valid: none, bf16, fp16"),
+                          (["--amp", "bf16", "--quantize", "int8"], "--amp bf16 cannot run int8 layers")]:
+        r = invoke("translate", "-m", trained_small / "best.pt", *args, "--device", "cpu", input=lines)
+        assert r.exit_code == 1 and r.stdout == "" and message in r.output, r.output
+
+
+def test_translator_searches_under_autocast(trained_small):
+    """``SearchOptions.amp`` reaches the model: its products run in bf16 during the search, and
+    nowhere else (the scores are fp32, :func:`test_search_scores_stay_fp32_under_autocast`)."""
+    import torch
+
+    from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt.translate import SearchOptions, Translator
+
+    model, vocab = model_from_checkpoint(load_checkpoint(trained_small / "best.pt"))
+    seen = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    lines = ["Ein Hund läuft.", "", "Zwei Männer sitzen auf einer Bank."]
+    for amp, dtype in [("none", torch.float32), ("bf16", torch.bfloat16)]:
+        seen.clear()
+        out = Translator(model, vocab, SearchOptions(beam=2, amp=amp), warn=lambda m: None).translate(lines)
+        assert len(out) == 3 and out[1] == "" and out[0]
+        assert seen and set(seen) == {dtype}
 
 
 @pytest.mark.parametrize("kind", ["transformer", "lstm"])
@@ -227,7 +247,7 @@ def test_lstm_bf16_on_such_a_cpu(prepared_small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(nmt.device, "cpu_has_native_bf16", lambda: False)
     r = invoke("train", "-o", tmp_path / "run", "--set", f'data.dir="{prepared_small}"', "--set", 'model.kind="lstm"',
-               "--set", 'train.amp="bf16"', "--set", "train.max_steps=1")
+               "--set", 'train.amp="bf16"', "--set", "train.max_steps=1", "--set", 'train.device="cpu"')
     assert r.exit_code == 1 and "train.amp bf16 cannot run an LSTM on this CPU" in r.output, r.output
     assert not (tmp_path / "run" / "last.pt").exists()
     m = build_model("lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1))

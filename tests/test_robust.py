@@ -61,7 +61,7 @@ def test_resume_without_last_is_an_error(tmp_path, prepared_small):
 
 def test_nan_loss_stops_or_skips(tmp_path, prepared_small, monkeypatch):
     from nmt.errors import NmtError
-    import nmt.device
+    import nmt.train
 
     real = nmt.train.output_loss
 
@@ -196,7 +196,8 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_in_the_log(tmp_path, prepared_s
     monkeypatch.setattr(nmt.device, "cpu_has_native_bf16", lambda: False)
     assert amp_warning(cpu, "none") is None and amp_warning(torch.device("cuda"), "bf16") is None
     lines = []
-    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1", 'train.amp="bf16"'])
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1", 'train.amp="bf16"',
+                             'train.device="cpu"'])
     Trainer(cfg, tmp_path, log=lines.append).run()
     assert [l for l in lines if l.startswith("warning:")] == [amp_warning(cpu, "bf16")]
     assert "slower than fp32" in amp_warning(cpu, "bf16")
