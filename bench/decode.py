@@ -37,7 +37,7 @@ def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens
         err.seek(0)
         message = err.read().decode(errors="replace").strip()
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it: tell Popen, which would wait again
     if proc.returncode:
         raise SystemExit(f"nmt translate failed ({proc.returncode}): {message}")
     return seconds, out.decode().splitlines(), usage.ru_maxrss / 1024

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nmt.device import AMPS
 from nmt.errors import NmtError
 from nmt.models import model_config_class
 from nmt.schedules import SCHEDULES
@@ -72,7 +73,7 @@ class TrainConfig:
             (self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup!r}"),
             (0 < self.plateau_factor <= 1, f"train.plateau_factor must be in (0, 1], got {self.plateau_factor!r}"),
             (0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"),
-            (self.amp in ("none", "bf16", "fp16"), f"unknown train.amp {self.amp!r}; valid: none, bf16, fp16"),
+            (self.amp in AMPS, f"unknown train.amp {self.amp!r}; valid: {', '.join(AMPS)}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
              f"unknown train.device {self.device!r}; valid: cpu, cuda, cuda:N, auto"),
             (self.nan_policy in ("stop", "skip"), f"unknown train.nan_policy {self.nan_policy!r}; valid: stop, skip"),

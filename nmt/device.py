@@ -12,6 +12,8 @@ import torch
 
 from nmt.errors import NmtError
 
+AMPS = ("none", "bf16", "fp16")  # autocast precisions: train.amp and translate --amp
+
 
 def pick_device(name: str) -> torch.device:
     """``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when there is one) as a device; anything else, or
@@ -29,8 +31,8 @@ def autocast(device: torch.device, amp: str, option: str = "train.amp"):
     """The autocast context for ``amp`` (none | bf16 | fp16); ``option`` names the setting in errors."""
     if amp == "none":
         return nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise NmtError(f"unknown {option} {amp!r}; valid: none, bf16, fp16")
+    if amp not in AMPS:
+        raise NmtError(f"unknown {option} {amp!r}; valid: {', '.join(AMPS)}")
     if amp == "fp16" and device.type != "cuda":
         raise NmtError(f"{option} fp16 needs CUDA; use bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
