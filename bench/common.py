@@ -81,17 +81,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, str, str, float]:
+def run_measured(cmd: list[str], env: dict | None = None, stdin: Path | None = None) -> tuple[float, str, str, float]:
     """Run ``cmd`` to completion in a fresh wrapper process, so that the peak RSS is this command's
-    alone (its own children included). Returns (wall seconds, stdout, stderr, peak RSS in MiB);
-    raises with the tail of the output when the command fails."""
+    alone (its own children included), reading ``stdin`` (a file; none by default). Returns (wall
+    seconds, stdout, stderr, peak RSS in MiB); raises with the tail of the output when the command fails."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "r = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True, text=True); "
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
                "dt = time.perf_counter() - t; sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
                "print(f'\\nWALL {dt} RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
                "sys.exit(r.returncode)")
-    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       env=env)
+    with open(stdin or os.devnull) as inp:
+        r = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdin=inp, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{(r.stdout + r.stderr)[-3000:]}")
     *err, last = r.stderr.rstrip().splitlines()

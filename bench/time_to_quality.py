@@ -1,4 +1,4 @@
-"""Time to quality and decoding speed, side by side with OpenNMT-py, in one run.
+"""Time to quality and decoding speed, side by side with OpenNMT-py (and JoeyNMT), in one run.
 
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python bench/time_to_quality.py --onmt ~/venvs/onmt --minutes 20 60
 
@@ -15,6 +15,11 @@ valid BLEU). OpenNMT-py's clock starts at its "Start training loop" line; it val
 checkpoint every 50 updates, and its snapshot is the last checkpoint written before the mark.
 Both learning rates follow the same curve (linear warm-up to 1e-3 over 800 updates, then 1/sqrt).
 OpenNMT-py reads pre-cut pieces, ours raw text: its decoding times exclude SentencePiece, ours include it.
+
+``--joey VENV`` adds JoeyNMT 2.3.0 for the smallest mark only (same shape, pieces, batch tokens and
+learning-rate curve; its clock starts at its "EPOCH 1" line; it checkpoints only when it validates, so
+it validates greedily every 20 updates on 20 sentences, a few seconds each). Its decoding speed is that
+of its snapshot, compared with our last; it reads the pieces on stdin, like OpenNMT-py without SentencePiece.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_measured, table, write_json  # noqa: E402
-from side_by_side import export_pieces, onmt_config  # noqa: E402
+from side_by_side import export_pieces, joey_config, onmt_config  # noqa: E402
 
 # OpenNMT-py's noam is d^-0.5 * min(step^-0.5, step * warmup^-1.5): the same curve as ours when scaled
 # so that its peak (at step = warmup) is our peak learning rate.
@@ -91,20 +96,8 @@ def train_onmt(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
                        capture_output=True)
     proc = subprocess.Popen([str(venv / "bin/onmt_train"), "-config", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    started = threading.Event()
     log = work / "onmt-train.log"
-
-    def watch() -> None:
-        with open(log, "w") as f:
-            for line in proc.stdout:
-                f.write(line)
-                if "Start training loop" in line:
-                    started.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    if not started.wait(600):
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise RuntimeError(f"OpenNMT-py did not start training; see {log}")
+    _wait_for(proc, log, "Start training loop", "OpenNMT-py")
     t0, snaps = time.time(), {}
     try:
         for mark in sorted(marks):
@@ -116,6 +109,58 @@ def train_onmt(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return snaps
+
+
+def train_joey(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
+    """Train JoeyNMT 2.3.0 (same shape, pieces, batch tokens and learning-rate curve); at each mark
+    after its training loop starts ("EPOCH 1"), keep its latest checkpoint. It checkpoints only when
+    it validates, so it validates every 20 updates on 20 sentences (greedy) and keeps every checkpoint."""
+    cfg = joey_config("transformer", work, 10**7, 3000)
+    for split in ("src", "tgt"):  # a small dev set: Joey's validation is cheap and only there to save
+        lines = (work / f"valid.{split}").read_text().splitlines()[:20]
+        (work / f"joey-dev.{split}").write_text("\n".join(lines) + "\n")
+    text = cfg.read_text().replace(f"dev: {work}/valid", f"dev: {work}/joey-dev")
+    # JoeyNMT floors the rate at learning_rate_min (default 1e-4, above ours for the first 80 updates)
+    text = text.replace("validation_freq: 1000000", "validation_freq: 20\n  keep_best_ckpts: -1\n  learning_rate_min: 1.0e-7")
+    cfg.write_text(text.replace(f"model_dir: {work}/joey-transformer", f"model_dir: {work}/joey-ttq"))
+    proc = subprocess.Popen([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = work / "joey-train.log"
+    _wait_for(proc, log, "EPOCH 1", "JoeyNMT")
+    t0, snaps = time.time(), {}
+    try:
+        for mark in sorted(marks):
+            time.sleep(max(0.0, t0 + mark * 60 - time.time()))
+            if proc.poll() is not None:
+                raise RuntimeError(f"JoeyNMT stopped early; see {log}")
+            latest = work / "joey-ttq" / "latest.ckpt"  # a symlink, moved after each checkpoint is written
+            if not latest.exists():
+                raise RuntimeError("JoeyNMT wrote no checkpoint before the mark")
+            snaps[mark] = Path(shutil.copy(latest.resolve(), work / f"joey-{mark}min.ckpt"))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return snaps
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, start_line: str, name: str) -> None:
+    """Copy ``proc``'s output to ``log`` (in a thread, to its end) and return once a line contains
+    ``start_line``; kill its process group and raise if it exits first or takes 10 minutes."""
+    started = threading.Event()
+
+    def watch() -> None:
+        with open(log, "w") as f:
+            for line in proc.stdout:
+                f.write(line)
+                if start_line in line:
+                    started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    deadline = time.time() + 600
+    while not started.wait(1.0):
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"{name} did not start training; see {log}")
 
 
 def _last_complete(work: Path) -> Path:
@@ -145,6 +190,18 @@ def decode_onmt(venv: Path, model: Path, pieces: Path, beam: int, work: Path) ->
                                     "-output", str(out), "-beam_size", str(beam)], env=env)
     sp = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
     return wall, [sp.decode_pieces(l.split()) for l in out.read_text().splitlines()], rss
+
+
+def decode_joey(venv: Path, model: Path, pieces: Path, beam: int, work: Path) -> tuple[float, list[str], float]:
+    """JoeyNMT's ``translate`` reads the pieces on stdin (its default test batch: 64 sentences)."""
+    import sentencepiece as spm
+
+    cfg = (work / "joey-transformer.yaml").read_text().replace("beam_size: 5", f"beam_size: {beam}\n  load_model: {model}")
+    path = work / f"joey-decode-{beam}.yaml"
+    path.write_text(cfg)
+    wall, out, _, rss = run_measured([str(venv / "bin/python"), "-m", "joeynmt", "translate", str(path)], stdin=pieces)
+    sp = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
+    return wall, [sp.decode_pieces(l.split()) for l in out.splitlines()], rss
 
 
 def evaluate(name: str, snaps: dict[float, Path], decode, ref: Path) -> list[dict]:
@@ -178,13 +235,25 @@ def decode_speed(runs: list, n: int, repeats: int) -> None:
             row[f"{key}_sent_s"], row[f"{key}_rss_mb"] = n / statistics.median(walls[id(row)]), rss[id(row)]
 
 
+def ratio(a: dict, b: dict) -> dict:
+    """Ours ÷ theirs for two result rows: the BLEU difference when both are the same minute's snapshot,
+    and the speed and RSS ratios where both rows have them."""
+    r = {"ours": a["toolkit"], "theirs": b["toolkit"], "minutes": f"{a['minutes']:g} / {b['minutes']:g}"}
+    if a["minutes"] == b["minutes"]:
+        r["bleu_beam5_diff"] = a["bleu_beam5"] - b["bleu_beam5"]
+    return r | {f"{k}_ratio": a[k] / b[k] for k in ("beam5_sent_s", "greedy_sent_s", "beam5_rss_mb") if k in a and k in b}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--onmt", type=Path, required=True, help="virtual environment with opennmt-py 3.5.1")
+    ap.add_argument("--joey", type=Path, help="virtual environment with joeynmt 2.3.0 (optional; trained for the "
+                                             "smallest of --minutes only, about 20 minutes plus 4 per decoding)")
     ap.add_argument("--data", type=Path, default=Path("prepared/de-en"))
     ap.add_argument("--minutes", nargs="+", type=float, default=[20.0])
     ap.add_argument("--repeats", type=int, default=3, help="decoding speed: median of this many runs")
-    ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run (give the same --minutes): decode its snapshots again, no training")
+    ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run (give the same --minutes): decode its "
+                                              "snapshots again, no training (JoeyNMT trains if its snapshot is missing)")
     ap.add_argument("--int8", action="store_true", help="also decode our last snapshot with --quantize int8")
     ap.add_argument("--out", default="bench/results/time_to_quality.json")
     args = ap.parse_args()
@@ -209,6 +278,15 @@ def main() -> int:
         onmt_snaps = train_onmt(args.onmt, work, args.minutes)
     dec_ours = lambda m, b: decode_ours(m, src, b)  # noqa: E731
     dec_onmt = lambda m, b: decode_onmt(args.onmt, m, pieces, b, work)  # noqa: E731
+    joey_rows, joey_run = [], []
+    if args.joey:
+        first = min(args.minutes)
+        joey_snaps = {first: work / f"joey-{first}min.ckpt"}
+        if not joey_snaps[first].exists():
+            joey_snaps = train_joey(args.joey, work, [first])
+        dec_joey = lambda m, b: decode_joey(args.joey, m, pieces, b, work)  # noqa: E731
+        joey_rows = evaluate("JoeyNMT 2.3.0", joey_snaps, dec_joey, ref)
+        joey_run = [(joey_rows[0], dec_joey, joey_snaps[first])]
     ours, theirs = evaluate("nmt", ours_snaps, dec_ours, ref), evaluate("OpenNMT-py 3.5.1", onmt_snaps, dec_onmt, ref)
     last = max(args.minutes)
     runs = [(ours[-1], dec_ours, ours_snaps[last]), (theirs[-1], dec_onmt, onmt_snaps[last])]
@@ -217,15 +295,18 @@ def main() -> int:
         dec_int8 = lambda m, b: decode_ours(m, src, b, "int8")  # noqa: E731
         int8 = evaluate("nmt --quantize int8", {last: ours_snaps[last]}, dec_int8, ref)
         runs.insert(1, (int8[0], dec_int8, ours_snaps[last]))
-    decode_speed(runs, len(ref.read_text().splitlines()), args.repeats)
+    decode_speed(runs + joey_run, len(ref.read_text().splitlines()), args.repeats)
     cols = ["toolkit", "minutes", "bleu_beam5", "bleu_greedy", "beam5_sent_s", "greedy_sent_s", "beam5_rss_mb",
             "greedy_rss_mb"]
-    print(table(ours + int8 + theirs, cols))
-    ratios = [{"ours": a["toolkit"], "minutes": a["minutes"], "bleu_beam5_diff": a["bleu_beam5"] - b["bleu_beam5"],
-               **{f"{k}_ratio": a[k] / b[k] for k in ("beam5_sent_s", "greedy_sent_s", "beam5_rss_mb") if k in a}}
-              for a, b in [*zip(ours, theirs), *((r, theirs[-1]) for r in int8)]]
-    print(table(ratios, list(ratios[-1])))
-    write_json(args.out, {"minutes": args.minutes, "rows": ours + int8 + theirs, "ratios": ratios, "work": str(work)})
+    rows = ours + int8 + theirs + joey_rows
+    print(table(rows, cols))
+    pairs = [*zip(ours, theirs), *((r, theirs[-1]) for r in int8)]
+    if joey_rows:  # its snapshot is the first mark: BLEU against ours there, speed against our last
+        pairs += [(r, joey_rows[0]) for r in ours + int8 if r["minutes"] == joey_rows[0]["minutes"] or r is ours[-1]]
+    ratios = [ratio(a, b) for a, b in pairs]
+    print(table(ratios, ["ours", "theirs", "minutes", "bleu_beam5_diff", "beam5_sent_s_ratio", "greedy_sent_s_ratio",
+                         "beam5_rss_mb_ratio"]))
+    write_json(args.out, {"minutes": args.minutes, "rows": rows, "ratios": ratios, "work": str(work)})
     return 0
 
 
