@@ -59,6 +59,8 @@ def test_positions():
     pe = sinusoidal_positions(50, 16)
     assert pe.abs().max() <= 1 and len({tuple(r.tolist()) for r in pe}) == 50
     assert torch.equal(pe, sinusoidal_positions(50, 16))
+    assert torch.equal(sinusoidal_positions(10, 16, start=40), pe[40:])  # a decoding step's rows
+    assert sinusoidal_positions(1, 16, start=5000).isfinite().all()  # no length limit
 
 
 def test_gradients_reach_the_encoder():

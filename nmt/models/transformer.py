@@ -55,11 +55,13 @@ class TransformerConfig:
                 raise ValueError(f"model.{k} must be in [0, 1), got {getattr(self, k)!r}")
 
 
-def sinusoidal_positions(length: int, dim: int) -> Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...). Returns ``(length, dim)``."""
-    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim)
+def sinusoidal_positions(length: int, dim: int, start: int = 0, device=None) -> Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...) for positions ``start ..
+    start + length - 1``. Returns ``(length, dim)``. Computed where it is used (a decoding step needs
+    one row), so the model holds no buffer: no length limit, and nothing outside the state dict."""
+    pos = torch.arange(start, start + length, dtype=torch.float32, device=device).unsqueeze(1)  # (L, 1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe
@@ -262,16 +264,11 @@ class Transformer(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         self.enc_norm = nn.LayerNorm(d) if c.pre_norm else nn.Identity()
         self.dec_norm = nn.LayerNorm(d) if c.pre_norm else nn.Identity()
-        self.register_buffer("pe", sinusoidal_positions(1024, d), persistent=False)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _positions(self, start: int, length: int) -> Tensor:
-        if start + length > self.pe.shape[0]:
-            self.pe = sinusoidal_positions(2 * (start + length), self.config.d_model).to(self.pe.device)
-        return self.pe[start : start + length]  # (T, D)
-
     def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
-        x = emb(tokens) * self.emb_scale + self._positions(start, tokens.shape[1])
+        pe = sinusoidal_positions(tokens.shape[1], self.config.d_model, start, tokens.device)  # (T, D)
+        x = emb(tokens) * self.emb_scale + pe
         return self.drop(x)  # (B, T, D)
 
     def _logits(self, h: Tensor) -> Tensor:
