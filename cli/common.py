@@ -10,6 +10,7 @@ import typer
 from nmt.errors import NmtError, first_line
 
 VERBOSE = {"on": False}
+SKIP_TEARDOWN = {"on": False}  # set by a command that has written and closed all it writes (see main.run)
 
 
 def err(message: str) -> None:

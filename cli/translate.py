@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from nmt_cli import common
 from nmt_cli.common import err, guard
 
 
@@ -81,6 +82,7 @@ def translate(
             for f in (report.alignments, report.stats, src if input else None, out if output else None):
                 if f is not None and f is not sys.stdout:
                     f.close()
+        common.SKIP_TEARDOWN["on"] = True  # all written and closed: the process may end at once (main.run)
 
 
 def _check_distinct(input: Path | None, outputs: dict) -> None:
