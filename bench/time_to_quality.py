@@ -94,21 +94,9 @@ def train_onmt(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
     if not (work / "vocab.txt").exists():
         subprocess.run([str(venv / "bin/onmt_build_vocab"), "-config", str(cfg), "-n_sample", "-1"], check=True,
                        capture_output=True)
-    proc = subprocess.Popen([str(venv / "bin/onmt_train"), "-config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    log = work / "onmt-train.log"
-    _wait_for(proc, log, "Start training loop", "OpenNMT-py")
-    t0, snaps = time.time(), {}
-    try:
-        for mark in sorted(marks):
-            time.sleep(max(0.0, t0 + mark * 60 - time.time()))
-            if proc.poll() is not None:
-                raise RuntimeError(f"OpenNMT-py stopped early; see {log}")
-            snaps[mark] = Path(shutil.copy(_last_complete(work), work / f"onmt-{mark}min.pt"))
-    finally:  # its data-loader processes too
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return snaps
+    return _train_until(
+        [str(venv / "bin/onmt_train"), "-config", str(cfg)], work / "onmt-train.log", "Start training loop",
+        "OpenNMT-py", marks, lambda mark: Path(shutil.copy(_last_complete(work), work / f"onmt-{mark}min.pt")))
 
 
 def train_joey(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
@@ -119,33 +107,36 @@ def train_joey(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
     for split in ("src", "tgt"):  # a small dev set: Joey's validation is cheap and only there to save
         lines = (work / f"valid.{split}").read_text().splitlines()[:20]
         (work / f"joey-dev.{split}").write_text("\n".join(lines) + "\n")
-    text = cfg.read_text().replace(f"dev: {work}/valid", f"dev: {work}/joey-dev")
     # JoeyNMT floors the rate at learning_rate_min (default 1e-4, above ours for the first 80 updates)
-    text = text.replace("validation_freq: 1000000", "validation_freq: 20\n  keep_best_ckpts: -1\n  learning_rate_min: 1.0e-7")
-    cfg.write_text(text.replace(f"model_dir: {work}/joey-transformer", f"model_dir: {work}/joey-ttq"))
-    proc = subprocess.Popen([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    log = work / "joey-train.log"
-    _wait_for(proc, log, "EPOCH 1", "JoeyNMT")
-    t0, snaps = time.time(), {}
-    try:
-        for mark in sorted(marks):
-            time.sleep(max(0.0, t0 + mark * 60 - time.time()))
-            if proc.poll() is not None:
-                raise RuntimeError(f"JoeyNMT stopped early; see {log}")
-            latest = work / "joey-ttq" / "latest.ckpt"  # a symlink, moved after each checkpoint is written
-            if not latest.exists():
-                raise RuntimeError("JoeyNMT wrote no checkpoint before the mark")
-            snaps[mark] = Path(shutil.copy(latest.resolve(), work / f"joey-{mark}min.ckpt"))
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return snaps
+    cfg.write_text(_edit(cfg.read_text(), (f"dev: {work}/valid", f"dev: {work}/joey-dev"),
+                         ("validation_freq: 1000000", "validation_freq: 20\n  keep_best_ckpts: -1\n  learning_rate_min: 1.0e-7"),
+                         (f"model_dir: {work}/joey-transformer", f"model_dir: {work}/joey-ttq")))
+    latest = work / "joey-ttq" / "latest.ckpt"  # a symlink, moved after each checkpoint is written
+
+    def take(mark: float) -> Path:
+        if not latest.exists():
+            raise RuntimeError("JoeyNMT wrote no checkpoint before the mark")
+        return Path(shutil.copy(latest.resolve(), work / f"joey-{mark}min.ckpt"))
+
+    return _train_until([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"],
+                        work / "joey-train.log", "EPOCH 1", "JoeyNMT", marks, take)
 
 
-def _wait_for(proc: subprocess.Popen, log: Path, start_line: str, name: str) -> None:
-    """Copy ``proc``'s output to ``log`` (in a thread, to its end) and return once a line contains
-    ``start_line``; kill its process group and raise if it exits first or takes 10 minutes."""
+def _edit(text: str, *changes: tuple[str, str]) -> str:
+    """``text`` with each ``(old, new)`` replaced; raises if an ``old`` is missing (a config that
+    silently kept its old value would measure something else)."""
+    for old, new in changes:
+        if old not in text:
+            raise RuntimeError(f"config edit failed: {old!r} not found")
+        text = text.replace(old, new)
+    return text
+
+
+def _train_until(cmd: list[str], log: Path, start_line: str, name: str, marks: list[float], take) -> dict[float, Path]:
+    """Run a toolkit's training command (output copied to ``log``); its clock starts at the first line
+    containing ``start_line``. At each mark (minutes) keep ``take(mark)``, its snapshot; then kill its
+    process group (data-loader processes too). Raises if it stops early or does not start in 10 minutes."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     started = threading.Event()
 
     def watch() -> None:
@@ -156,11 +147,21 @@ def _wait_for(proc: subprocess.Popen, log: Path, start_line: str, name: str) -> 
                     started.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    deadline = time.time() + 600
-    while not started.wait(1.0):
-        if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError(f"{name} did not start training; see {log}")
+    deadline, snaps = time.time() + 600, {}
+    try:
+        while not started.wait(1.0):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{name} did not start training; see {log}")
+        t0 = time.time()
+        for mark in sorted(marks):
+            time.sleep(max(0.0, t0 + mark * 60 - time.time()))
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} stopped early; see {log}")
+            snaps[mark] = take(mark)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return snaps
 
 
 def _last_complete(work: Path) -> Path:
@@ -196,7 +197,7 @@ def decode_joey(venv: Path, model: Path, pieces: Path, beam: int, work: Path) ->
     """JoeyNMT's ``translate`` reads the pieces on stdin (its default test batch: 64 sentences)."""
     import sentencepiece as spm
 
-    cfg = (work / "joey-transformer.yaml").read_text().replace("beam_size: 5", f"beam_size: {beam}\n  load_model: {model}")
+    cfg = _edit((work / "joey-transformer.yaml").read_text(), ("beam_size: 5", f"beam_size: {beam}\n  load_model: {model}"))
     path = work / f"joey-decode-{beam}.yaml"
     path.write_text(cfg)
     wall, out, _, rss = run_measured([str(venv / "bin/python"), "-m", "joeynmt", "translate", str(path)], stdin=pieces)
