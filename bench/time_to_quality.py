@@ -114,12 +114,17 @@ def train_joey(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
     latest = work / "joey-ttq" / "latest.ckpt"  # a symlink, moved after each checkpoint is written
 
     def take(mark: float) -> Path:
-        if not latest.exists():
-            raise RuntimeError("JoeyNMT wrote no checkpoint before the mark")
-        return Path(shutil.copy(latest.resolve(), work / f"joey-{mark}min.ckpt"))
+        for _ in range(10):  # JoeyNMT moves the link by unlink + symlink: missing for an instant
+            if latest.exists():
+                return Path(shutil.copy(latest.resolve(), work / f"joey-{mark}min.ckpt"))
+            time.sleep(0.5)
+        raise RuntimeError("JoeyNMT wrote no checkpoint before the mark")
 
-    return _train_until([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"],
-                        work / "joey-train.log", "EPOCH 1", "JoeyNMT", marks, take)
+    snaps = _train_until([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"],
+                         work / "joey-train.log", "EPOCH 1", "JoeyNMT", marks, take)
+    for ckpt in (work / "joey-ttq").glob("*.ckpt"):  # one 100 MB file per validation
+        ckpt.unlink()
+    return snaps
 
 
 def _edit(text: str, *changes: tuple[str, str]) -> str:

@@ -65,6 +65,7 @@ def run() -> None:
     is flushed and closed) ends the process with ``os._exit``: the interpreter's teardown of torch
     takes 0.5-0.65 s on the 2-core CPU, a fifth of a one-line translation, and has nothing left to do.
     Tests drive ``app`` through CliRunner and never reach this."""
+    common.SKIP_TEARDOWN["on"] = False
     try:
         app()
     except SystemExit as e:

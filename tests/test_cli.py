@@ -308,15 +308,19 @@ def test_translate_batch_tokens_changes_batches_not_output(trained_small, multi3
 
 
 def test_console_script_skips_teardown_and_loses_nothing(trained_small, multi30k_small, tmp_path):
-    """The real entry point (``main.run``) ends a successful ``nmt translate`` with ``os._exit``:
-    every line still arrives, on stdout and in ``-o``, with status 0; a failure exits the usual way."""
+    """The real entry point (``main.run``) ends a successful ``nmt translate`` with ``os._exit`` (an
+    atexit marker never prints): every line still arrives, on stdout and in ``-o``, with status 0; a
+    failure exits the usual way (the marker prints)."""
     src, model = multi30k_small["test_2016_flickr.de"], trained_small / "best.pt"
     ref = invoke("translate", "-m", model, "-i", src, "--beam", 2)  # CliRunner: the normal exit path
-    cmd = [sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(model), "-i", str(src), "--beam", "2"]
+    entry = ("import atexit, sys; atexit.register(lambda: print('TEARDOWN', file=sys.stderr)); "
+             "sys.argv = ['nmt', *sys.argv[1:]]; from nmt_cli.main import run; run()")
+    cmd = [sys.executable, "-c", entry, "translate", "-m", str(model), "-i", str(src), "--beam", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout == ref.stdout
+    assert r.returncode == 0 and r.stdout == ref.stdout and "TEARDOWN" not in r.stderr
     assert ref.stdout.count("\n") == len(open(src, encoding="utf-8").read().splitlines())
     r = subprocess.run([*cmd, "-o", str(tmp_path / "out.en")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and (tmp_path / "out.en").read_text(encoding="utf-8") == ref.stdout
     r = subprocess.run([*cmd, "--quantize", "int4"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and r.stderr.startswith("nmt: error: unknown --quantize") and r.stdout == ""
+    assert r.returncode == 1 and r.stderr.startswith("nmt: error: unknown --quantize") and "TEARDOWN" in r.stderr
+    assert r.stdout == ""

@@ -267,8 +267,8 @@ class Transformer(nn.Module):
 
     # -- helpers -------------------------------------------------------------------------------
     def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
-        pe = sinusoidal_positions(tokens.shape[1], self.config.d_model, start, tokens.device)  # (T, D)
-        x = emb(tokens) * self.emb_scale + pe
+        x = emb(tokens) * self.emb_scale  # (B, T, D)
+        x = x + sinusoidal_positions(tokens.shape[1], self.config.d_model, start, tokens.device).to(x.dtype)
         return self.drop(x)  # (B, T, D)
 
     def _logits(self, h: Tensor) -> Tensor:
