@@ -11,36 +11,21 @@ BLEU/chrF of the output with sacreBLEU.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, usable_amps, write_json  # noqa: E402
+from common import run_measured, table, usable_amps, write_json  # noqa: E402
 
 
 def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens: int, quantize: str,
                   device: str, amp: str) -> tuple[float, list[str], float]:
     """Run ``nmt translate`` once: seconds, output lines, and that process's own peak RSS in MiB."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: the child never blocks on it
-        proc = subprocess.Popen([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src, "--beam",
-                                 str(beam), "--batch-size", str(batch_size), "--batch-tokens", str(batch_tokens),
-                                 "--quantize", quantize, "--device", device, "--amp", amp],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        out = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, not the maximum over all children
-        err.seek(0)
-        message = err.read().decode(errors="replace").strip()
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it: tell Popen, which would wait again
-    if proc.returncode:
-        raise SystemExit(f"nmt translate failed ({proc.returncode}): {message}")
-    return seconds, out.decode().splitlines(), usage.ru_maxrss / 1024
+    seconds, out, _, rss = run_measured([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src,
+                                         "--beam", str(beam), "--batch-size", str(batch_size), "--batch-tokens",
+                                         str(batch_tokens), "--quantize", quantize, "--device", device, "--amp", amp])
+    return seconds, out.splitlines(), rss
 
 
 def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, device, args) -> dict:
