@@ -20,11 +20,12 @@ from common import run_measured, table, usable_amps, write_json  # noqa: E402
 
 
 def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens: int, quantize: str,
-                  device: str, amp: str) -> tuple[float, list[str], float]:
+                  device: str, amp: str, workers: int) -> tuple[float, list[str], float]:
     """Run ``nmt translate`` once: seconds, output lines, and that process's own peak RSS in MiB."""
     seconds, out, _, rss = run_measured([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src,
                                          "--beam", str(beam), "--batch-size", str(batch_size), "--batch-tokens",
-                                         str(batch_tokens), "--quantize", quantize, "--device", device, "--amp", amp])
+                                         str(batch_tokens), "--quantize", quantize, "--device", device, "--amp", amp,
+                                         "--workers", str(workers)])
     return seconds, out.splitlines(), rss
 
 
@@ -33,10 +34,10 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
     import torch
 
     from nmt.evaluate import score
-    from nmt.translate import SearchOptions, Translator
+    from nmt.translate import SearchOptions, Translator, decode_workers
 
     tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                                                amp=amp), device=device)
+                                                amp=amp, workers=args.workers), device=device)
     cuda = device.type == "cuda"
     with torch.inference_mode():
         tr.translate(src[: args.batch_size])  # warm-up: first-call set-up (CUDA context and kernels, allocator)
@@ -49,12 +50,13 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
             torch.cuda.synchronize(device)
         pure = time.perf_counter() - t0
     whole, hyps_cli, rss = whole_process(args.model, args.src, beam, args.batch_size, args.batch_tokens,
-                                         args.quantize, str(device), amp)
+                                         args.quantize, str(device), amp, args.workers)
     same = sum(a == b for a, b in zip(hyps_cli, hyps))
     assert len(hyps_cli) == len(hyps) and (same == len(hyps) or cuda), "CLI and in-process translations differ"
     tokens = sum(len(x) for x in vocab.encode(hyps)) + len(hyps)  # pieces + EOS
     s = score(hyps, ref)
-    row = {"beam": beam, "device": str(device), "quantize": args.quantize, "amp": amp, "sentences": len(src),
+    workers = decode_workers(args.workers, device, torch.get_num_threads())
+    row = {"beam": beam, "workers": workers, "device": str(device), "quantize": args.quantize, "amp": amp, "sentences": len(src),
            "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure, "whole_sent_s": len(src) / whole,
            "whole_s": whole, "peak_rss_mb": rss, "cli_same_lines": same, "bleu": s["bleu"]["score"],
            "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]}
@@ -71,6 +73,7 @@ def main() -> int:
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 5])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--batch-tokens", type=int, default=5_000, help="as nmt translate's (0 = no cap)")
+    ap.add_argument("--workers", type=int, default=0, help="as nmt translate's (0 = auto)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto, for both timings")
     ap.add_argument("--quantize", default="none", help="none | int8 (dynamic int8, CPU)")
     ap.add_argument("--amp", nargs="+", default=["none"], help="none | bf16 | fp16 autocast while decoding (each one a row)")
@@ -97,7 +100,7 @@ def main() -> int:
         for beam in args.beams:
             rows.append(measure(model, vocab, src, ref, beam, amp, device, args))
             print(rows[-1], file=sys.stderr)
-    print(table(rows, ["beam", "device", "quantize", "amp", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
+    print(table(rows, ["beam", "workers", "device", "quantize", "amp", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
                        "cli_same_lines", "bleu", "chrf"] + (["peak_gpu_mem_mb"] if device.type == "cuda" else [])))
     write_json(args.out, {"model": args.model, "rows": rows})
     return 0

@@ -24,6 +24,8 @@ def translate(
     max_len_a: Annotated[float, typer.Option(help="Output length limit: a * source length + b.")] = 1.5,
     max_len_b: Annotated[int, typer.Option(help="Output length limit: a * source length + b.")] = 10,
     n_best: Annotated[int, typer.Option(min=1, help="Print the n best: text<TAB>score, repeated, on one line.")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="Batches searched at once, each on its own thread sharing "
+                                                     "the CPU threads (0 = auto: 2 on a CPU, 1 on a GPU).")] = 0,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read and translated at a time.")] = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     quantize: Annotated[str, typer.Option(help="int8: dynamic int8 weights for faster CPU decoding; none.")] = "none",
@@ -59,7 +61,7 @@ def translate(
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
-                             coverage_penalty=coverage_penalty, amp=amp)
+                             coverage_penalty=coverage_penalty, amp=amp, workers=workers)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)

@@ -117,6 +117,7 @@ def beam_search(
         at_limit = t + 1 >= limit[ids]  # (n,)
         cand, cand_tok, ranked, new_cov = _candidates(logp, scores, t + 1, at_limit, alpha, coverage, attn,
                                                       src_mask[ids], beta)
+        del logp  # (rows, V): gone before the next step makes its own
         # the 2k best candidates hold at least k that do not end (a beam has one EOS candidate)
         top_rank, top = ranked.view(n, -1).topk(2 * k, dim=1)  # (n, 2k), sorted best first
         top_tok = cand_tok.view(n, -1).gather(1, top)

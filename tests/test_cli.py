@@ -204,7 +204,9 @@ def test_translator_searches_under_autocast(trained_small):
     lines = ["Ein Hund läuft.", "", "Zwei Männer sitzen auf einer Bank."]
     for amp, dtype in [("none", torch.float32), ("bf16", torch.bfloat16)]:
         seen.clear()
-        out = Translator(model, vocab, SearchOptions(beam=2, amp=amp), warn=lambda m: None).translate(lines)
+        # one sentence per batch, two workers: autocast is thread-local and must be set in each thread
+        opts = SearchOptions(beam=2, amp=amp, batch_tokens=1, workers=2)
+        out = Translator(model, vocab, opts, warn=lambda m: None).translate(lines)
         assert len(out) == 3 and out[1] == "" and out[0]
         assert seen and set(seen) == {dtype}
 
@@ -305,6 +307,20 @@ def test_translate_batch_tokens_changes_batches_not_output(trained_small, multi3
     assert all(r.exit_code == 0 for r in outs), outs[0].output
     assert outs[0].stdout == outs[1].stdout == outs[2].stdout
     assert outs[0].stdout.count("\n") == len(open(src, encoding="utf-8").read().splitlines())
+
+
+def test_translate_workers_change_threads_not_output(trained_small, multi30k_small):
+    """Batches searched side by side on 1, 2 or 3 threads: the same lines, and torch's thread count
+    is as it was afterwards."""
+    import torch
+
+    src, threads = multi30k_small["test_2016_flickr.de"], torch.get_num_threads()
+    outs = [invoke("translate", "-m", trained_small / "best.pt", "-i", src, "--beam", 3, "--batch-tokens", 200,
+                   "--workers", n) for n in (1, 2, 3)]
+    assert all(r.exit_code == 0 for r in outs), outs[0].output
+    assert outs[0].stdout == outs[1].stdout == outs[2].stdout
+    assert outs[0].stdout.count("\n") == len(open(src, encoding="utf-8").read().splitlines())
+    assert torch.get_num_threads() == threads
 
 
 def test_console_script_skips_teardown_and_loses_nothing(trained_small, multi30k_small, tmp_path):

@@ -167,11 +167,48 @@ def test_reorder_beams_leaves_source_entries_in_place_until_sentences_drop():
 
     state = {"src_k": torch.arange(6.0)[:, None], "h": torch.arange(6.0)[:, None]}  # 2 sentences x 3 beams
     back = torch.tensor([2, 2, 0, 4, 3, 3])  # back-pointers stay within each sentence
-    moved = reorder_beams(state, back)
+    moved = reorder_beams(dict(state), back)
     assert moved["src_k"] is state["src_k"]  # not copied
     assert moved["h"][:, 0].tolist() == [2, 2, 0, 4, 3, 3]
-    dropped = reorder_beams(state, torch.tensor([4, 3, 3]), kept=torch.tensor([3, 4, 5]))  # sentence 0 done
+    given = dict(state)
+    dropped = reorder_beams(given, torch.tensor([4, 3, 3]), kept=torch.tensor([3, 4, 5]))  # sentence 0 done
     assert dropped["src_k"][:, 0].tolist() == [3, 4, 5] and dropped["h"][:, 0].tolist() == [4, 3, 3]
+    assert given == {} and state["h"][:, 0].tolist() == [0, 1, 2, 3, 4, 5]  # taken over, never changed in place
+
+
+def test_decode_workers_auto_and_explicit():
+    from nmt.translate import decode_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [decode_workers(0, cpu, n) for n in (1, 2, 16)] == [1, 2, 2]
+    assert decode_workers(0, gpu, 16) == 1 and decode_workers(3, cpu, 1) == 3 and decode_workers(2, gpu, 4) == 2
+
+
+def test_map_in_threads_keeps_order_shares_threads_and_restores_them():
+    import threading
+
+    from nmt.translate import map_in_threads
+
+    threads, seen = torch.get_num_threads(), []
+
+    def work(x):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return x * x
+
+    assert map_in_threads(work, list(range(9)), 2) == [x * x for x in range(9)]
+    assert all(name.startswith("nmt-search") and n == max(1, threads // 2) for name, n in seen)
+    assert torch.get_num_threads() == threads
+    seen.clear()
+    assert map_in_threads(work, [3], 2) == [9] and seen[0][0] == threading.current_thread().name  # one item: inline
+
+    def fail(x):
+        if x == 4:
+            raise ValueError("batch 4")
+        return x
+
+    with pytest.raises(ValueError, match="batch 4"):
+        map_in_threads(fail, list(range(8)), 2)
+    assert torch.get_num_threads() == threads
 
 
 def test_length_batches_cap_sentences_and_tokens():

@@ -94,6 +94,23 @@ def test_incremental_without_weights_equals_teacher_forcing():
     torch.testing.assert_close(torch.stack(lps, 1), torch.log_softmax(logits, -1), atol=1e-5, rtol=1e-5)
 
 
+def test_step_takes_the_state_over_and_changes_no_tensor():
+    """``step`` pops each layer's old self-attention cache from the dict it is given (freed while the
+    grown one is built) but changes no tensor in place: a copy of the dict gives the same step."""
+    torch.manual_seed(0)
+    m = tiny_transformer().eval()
+    src, tgt = random_batch()
+    _, state, _ = m.step(tgt[:, 0], m.init_state(m.encode(src)))
+    before = {k: v.clone() for k, v in state.items()}
+    kept = dict(state)
+    lp_copy, new_copy, _ = m.step(tgt[:, 1], dict(state))
+    lp, new, _ = m.step(tgt[:, 1], state)
+    assert not any(k.startswith("self_") for k in state) and set(new) == set(kept)  # taken over
+    assert all(torch.equal(kept[k], before[k]) for k in before)  # the old tensors are as they were
+    assert torch.equal(lp, lp_copy) and all(torch.equal(new[k], new_copy[k]) for k in new)
+    assert new["self_k0"].shape[2] == 2 and int(new["step"][0]) == 2
+
+
 def test_bf16_autocast_training_step_on_cpu():
     """Under CPU bf16 autocast the attention runs in fp32 inside (its bf16 backward is slow): same
     forward as fp32 up to bf16 rounding, finite gradients for every parameter."""

@@ -16,8 +16,12 @@ Every model implements the same four methods, so one search and one training loo
     then keeps one copy of them per sentence instead of one per beam.
 ``step(tokens, state, need_attention=False) -> (log_probs, state, attention)``
     One target token per sentence, tokens ``(B,)``. Returns log-probabilities ``(B, V)``, the new
-    state (the old one is left untouched), and, when asked, the encoder-decoder attention of this
-    step ``(B, L, H, S)`` (layers x heads x source positions; an LSTM has L = 1).
+    state, and, when asked, the encoder-decoder attention of this step ``(B, L, H, S)`` (layers x
+    heads x source positions; an LSTM has L = 1). ``step`` takes the state it is given over: it may
+    remove entries from that dict (the Transformer pops each layer's self-attention cache, so the
+    old cache is freed while the grown one is built instead of both living to the end of the
+    step), but never changes a tensor in place; a caller that needs the old state again passes
+    ``dict(state)``.
 ``forward(src, tgt_in, need_attention=False, targets=None, project=True) -> ModelOutput``
     Teacher forcing over a whole target: tgt_in ``(B, T)`` starts with BOS. Returns logits
     ``(B, T, V)``, when asked the attention ``(B, L, H, T, S)``, and an auxiliary loss that training
@@ -90,6 +94,11 @@ def reorder_beams(state: dict[str, Tensor], index: Tensor, kept: Tensor | None =
     """:func:`reorder` for beam search, whose back-pointers ``index (B',)`` stay within a sentence:
     the ``src_*`` entries (the same for all beams of a sentence) are not copied, only selected with
     ``kept`` when sentences were dropped: the rows of the sentences still in the batch ``(B',)``,
-    or those sentences ``(B' / beam,)`` when the entries hold one row per sentence."""
-    return {k: (v if kept is None else v.index_select(0, kept)) if k.startswith("src_") else v.index_select(0, index)
-            for k, v in state.items()}
+    or those sentences ``(B' / beam,)`` when the entries hold one row per sentence. Like ``step``
+    it takes ``state`` over (emptying the dict entry by entry, so that each old tensor can be freed
+    as soon as its copy exists); pass ``dict(state)`` to keep it."""
+    out = {}
+    for k in list(state):  # entry by entry, each taken out of ``state``: its old tensor can go at once
+        v = state.pop(k)
+        out[k] = (v if kept is None else v.index_select(0, kept)) if k.startswith("src_") else v.index_select(0, index)
+    return out

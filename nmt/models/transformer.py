@@ -311,13 +311,14 @@ class Transformer(nn.Module):
         and (if asked) cross-attention ``(B, L, H, S)`` over layers and heads."""
         t = int(state["step"][0]) if state["step"].numel() else 0
         x = self._embed(self.tgt_embed, tokens[:, None], start=t)  # (B, 1, D)
-        new, weights = dict(state), []
+        new, weights = {}, []
         for i, layer in enumerate(self.decoder):
             cross = (state[f"src_k{i}"], state[f"src_v{i}"])
-            cache = (state[f"self_k{i}"], state[f"self_v{i}"])
+            cache = (state.pop(f"self_k{i}"), state.pop(f"self_v{i}"))  # taken over (see nmt.models)
             x, w, (new[f"self_k{i}"], new[f"self_v{i}"]) = layer(x, cross, state["src_mask"], cache, need_attention)
+            del cache  # this layer's old keys/values go now unless the caller kept them: ~1x the cache at the peak
             weights.append(w)
-        new["step"] = state["step"] + 1
+        new = {**state, **new, "step": state["step"] + 1}
         logp = torch.log_softmax(self._logits(self.dec_norm(x[:, 0])).float(), dim=-1)  # (B, V)
         attn = torch.stack(weights, dim=1)[:, :, :, 0] if need_attention else None  # (B, L, H, S)
         return logp, new, attn
