@@ -168,3 +168,21 @@ def test_grouped_cross_attention_equals_per_row():
     assert torch.allclose(att(x2, k, v, mask=mask)[0], att(x2, k[rows], v[rows], mask=mask[rows])[0], atol=1e-5)
     with pytest.raises(ValueError, match="cannot share"):
         att(torch.randn(5, 1, 32), k, v, mask=mask)
+
+
+def test_step_log_probs_in_place_on_cpu_and_differentiable_otherwise():
+    from nmt.models.output import step_log_probs
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 300)
+    ref = torch.log_softmax(x, -1)
+    with torch.inference_mode():
+        y = x.clone()
+        out = step_log_probs(y)
+        assert torch.equal(out, ref) and out.data_ptr() == y.data_ptr()  # written over the logits, bit for bit
+        half = x.bfloat16()
+        assert step_log_probs(half).dtype == torch.float32 and torch.equal(half, x.bfloat16())  # a new fp32 tensor
+    w = x.clone().requires_grad_()
+    out = step_log_probs(w)
+    out[:, 0].sum().backward()
+    assert torch.equal(out, ref) and torch.equal(w, x) and w.grad is not None

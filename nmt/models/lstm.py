@@ -40,7 +40,7 @@ from nmt.hard import (BASELINE_DECAY, choose_positions, entropy, marginal_log_pr
                       sample_log_prob, sentence_reward)
 from nmt.monotonic import chunkwise, expected_alignment, hard_alignment
 from nmt.models.dropout import Dropout
-from nmt.models.output import ModelOutput
+from nmt.models.output import ModelOutput, step_log_probs
 from nmt.vocab import PAD_ID
 
 
@@ -296,7 +296,7 @@ class LSTMModel(nn.Module):
     def step(self, tokens: Tensor, state: dict[str, Tensor], need_attention: bool = False):
         """tokens ``(B,)`` -> log-probs ``(B, V)``, new state, attention ``(B, 1, N, S)``."""
         feed, new, weights, extras = self._decode(tokens, state)
-        logp = torch.log_softmax(self._output(feed, weights, extras, state.get("src_ids")).float(), dim=-1)
+        logp = step_log_probs(self._output(feed, weights, extras, state.get("src_ids")))  # (B, V)
         return logp, new, (weights[:, None] if need_attention else None)
 
     def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False,

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmt.attention import attend
 from nmt.models.dropout import Dropout
-from nmt.models.output import ModelOutput
+from nmt.models.output import ModelOutput, step_log_probs
 from nmt.vocab import PAD_ID
 
 
@@ -319,7 +319,7 @@ class Transformer(nn.Module):
             del cache  # this layer's old keys/values go now unless the caller kept them: ~1x the cache at the peak
             weights.append(w)
         new = {**state, **new, "step": state["step"] + 1}
-        logp = torch.log_softmax(self._logits(self.dec_norm(x[:, 0])).float(), dim=-1)  # (B, V)
+        logp = step_log_probs(self._logits(self.dec_norm(x[:, 0])))  # (B, V)
         attn = torch.stack(weights, dim=1)[:, :, :, 0] if need_attention else None  # (B, L, H, S)
         return logp, new, attn
 
