@@ -95,7 +95,9 @@ def decode_workers(requested: int, device: torch.device, threads: int) -> int:
     on a CPU with at least 2 intra-op ``threads``, else 1. On a CPU a search step is a few large
     products (which use every thread) between many small operations and Python (which use one):
     two searches side by side, each on half the threads, keep both cores busy (beam 5 on 2 cores:
-    +23-36% sentences/s, the same output; ``bench/decode.py --workers``). A GPU runs one stream."""
+    +22-36% sentences/s decoding only, +13-20% for a whole ``nmt translate``, the same 1,000
+    lines; ``bench/decode.py --workers``). A product on fewer threads may round differently in the
+    last bits, so a score can differ slightly from one worker's on all threads. A GPU runs one stream."""
     if requested > 0:
         return requested
     return 2 if device.type == "cpu" and threads >= 2 else 1

@@ -221,3 +221,35 @@ def test_length_batches_cap_sentences_and_tokens():
     batches = length_batches(lengths, 128, 1000)
     assert [i for b in batches for i in b] == list(range(500))
     assert all(len(b) <= 128 and (len(b) == 1 or len(b) * lengths[b[-1]] <= 1000) for b in batches)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+def test_workers_give_the_same_hypotheses(kind):
+    """Batches searched on 2 threads give exactly the hypotheses (tokens and scores) of 1 thread."""
+    from nmt.models import build_model
+    from nmt.models.lstm import LSTMConfig
+    from nmt.translate import SearchOptions, Translator
+
+    class Ids:  # a vocabulary of whitespace-separated ids
+        def encode(self, lines):
+            return [[int(w) for w in line.split()] for line in lines]
+
+    torch.manual_seed(0)
+    m = tiny_transformer() if kind == "transformer" else build_model(
+        "lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1))
+    rng = random.Random(0)
+    lines = [" ".join(str(rng.randrange(4, 40)) for _ in range(rng.randrange(1, 10))) for _ in range(40)]
+    threads = torch.get_num_threads()
+    runs = []
+    for workers, n in [(1, max(1, threads // 2)), (2, threads), (1, threads)]:
+        torch.set_num_threads(n)
+        try:
+            opts = SearchOptions(beam=3, batch_tokens=40, workers=workers)
+            runs.append([[(h.tokens, h.score) for h in x] for x in Translator(m.eval(), Ids(), opts).hypotheses(lines)])
+        finally:
+            torch.set_num_threads(threads)
+    assert runs[1] == runs[0]  # each worker on threads // 2 threads: bit for bit one worker on that many
+    # against one worker on all threads the products may round differently (last bits): the same tokens
+    assert [t for x in runs[1] for t, _ in x] == [t for x in runs[2] for t, _ in x]
+    assert [sc for x in runs[1] for _, sc in x] == pytest.approx([sc for x in runs[2] for _, sc in x], rel=1e-5)
+    assert all(len(x) == 1 for x in runs[1])
