@@ -87,7 +87,7 @@ def main() -> int:
 
     from nmt.memory import keep_freed_memory
 
-    keep_freed_memory()  # as the nmt command does
+    keep_freed_memory(one_arena=True)  # as nmt translate does
     src, ref = read_lines(Path(args.src)), read_lines(Path(args.ref))
     model, vocab = model_from_checkpoint(load_checkpoint(Path(args.model)))
     device = pick_device(args.device)

@@ -44,6 +44,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
@@ -51,7 +52,8 @@ def main(
     from nmt.memory import keep_freed_memory
 
     common.VERBOSE["on"] = verbose
-    keep_freed_memory()  # reuse freed pages for large tensors (+20% Transformer training on CPU; nmt/memory.py)
+    # reuse freed pages for large tensors (+20% Transformer training on CPU); decoding: one arena for its threads
+    keep_freed_memory(one_arena=ctx.invoked_subcommand in ("translate", "evaluate", "quickstart", "attention"))
 
 
 for command in (prepare, train, translate, evaluate, info, attention, quickstart):

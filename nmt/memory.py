@@ -5,8 +5,11 @@ and unmaps them on free, so every training step that makes a (tokens x vocabular
 page faults on tens of megabytes. Raising the threshold and the trim threshold lets the heap keep
 and reuse that memory. Measured with ``bench/train_throughput.py`` on the 2-core CPU: Transformer
 2,047 -> 2,451 target tokens/s (+20%), LSTM 3,147 -> 3,322 (+6%), for 80-270 MB more peak RSS.
-One arena for all threads: decoding threads (``SearchOptions.workers``) then share the memory kept
-instead of each keeping its own (beam 5 with two workers, 1,000 sentences: peak RSS 499-542 -> 466-475 MB).
+For the decoding commands also one malloc arena for all threads: the search threads
+(``SearchOptions.workers``) then share the memory kept instead of each keeping its own (beam 5 with
+two workers, 1,000 sentences: peak RSS 499-542 -> 466-475 MB). Training keeps glibc's arenas (one
+arena gave 1,798-2,146 against 2,021-2,159 Transformer tokens/s in three alternating runs: not
+clearly free).
 Off with ``NMT_KEEP_FREED_MEMORY=0``; a no-op off Linux or without glibc.
 """
 
@@ -19,8 +22,9 @@ import sys
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 
 
-def keep_freed_memory() -> bool:
-    """Tune glibc's malloc for large, short-lived tensors; True when it took effect."""
+def keep_freed_memory(one_arena: bool = False) -> bool:
+    """Tune glibc's malloc for large, short-lived tensors (and with ``one_arena`` let every thread
+    allocate from the same arena); True when it took effect. Call it before any thread starts."""
     if sys.platform != "linux" or os.environ.get("NMT_KEEP_FREED_MEMORY", "1") == "0":
         return False
     try:
@@ -28,6 +32,5 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl or another libc
         return False
-    return all(mallopt(option, value) == 1 for option, value in (
-        (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 256 << 20),
-        (_M_ARENA_MAX, 1)))
+    options = [(_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 256 << 20)]
+    return all(mallopt(option, value) == 1 for option, value in options + [(_M_ARENA_MAX, 1)] * one_arena)

@@ -12,8 +12,10 @@ import io
 import re
 import select
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import BinaryIO, Callable, Iterator
 
 import torch
@@ -41,7 +43,7 @@ class SearchOptions:
     batch_size: int = 128  # at most this many sentences per decoding batch
     batch_tokens: int = 5_000  # and at most this many hypotheses x longest source (0 = no limit)
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
-    workers: int = 0  # batches searched at once, each on its own thread (0 = auto: 2 on a CPU, 1 on a GPU)
+    workers: int = 0  # batches searched at once, each on its own thread (0 = auto: 2 on a CPU with >= 2 threads; GPU: 1)
     amp: str = "none"  # bf16 | fp16: autocast while searching (fp16 CUDA only; CPU bf16 is slow without native bf16)
 
 
@@ -91,34 +93,58 @@ def length_batches(lengths: list[int], max_sentences: int, max_tokens: int = 0) 
 
 
 def decode_workers(requested: int, device: torch.device, threads: int) -> int:
-    """How many batches to search at once. ``requested`` > 0 is taken as it is; 0 (auto) means 2
-    on a CPU with at least 2 intra-op ``threads``, else 1. On a CPU a search step is a few large
-    products (which use every thread) between many small operations and Python (which use one):
-    two searches side by side, each on half the threads, keep both cores busy (beam 5 on 2 cores:
-    +22-36% sentences/s decoding only, +13-20% for a whole ``nmt translate``, the same 1,000
-    lines; ``bench/decode.py --workers``). A product on fewer threads may round differently in the
-    last bits, so a score can differ slightly from one worker's on all threads. A GPU runs one stream."""
+    """How many batches to search at once. On a CPU, ``requested`` > 0 is taken as it is and 0
+    (auto) means 2 when torch has at least 2 intra-op ``threads``, else 1; on a GPU always 1 (one
+    stream, and the attention-kernel choice there is a process-wide setting). On a CPU a search
+    step is a few large products (which use every thread) between many small operations and Python
+    (which use one): two searches side by side, each on half the threads, keep both cores busy
+    (beam 5 on 2 cores: +22-36% sentences/s decoding only, +13-15% for a whole ``nmt translate``,
+    the same 1,000 lines; ``bench/decode.py --workers``). A product on fewer threads may round
+    differently in the last bits, so a score can differ slightly from one worker's on all threads."""
+    if device.type != "cpu":
+        return 1
     if requested > 0:
         return requested
-    return 2 if device.type == "cpu" and threads >= 2 else 1
+    return 2 if threads >= 2 else 1
+
+
+_THREADS = threading.Lock()  # map_in_threads changes torch's process-wide thread count: one caller at a time
 
 
 def map_in_threads(fn: Callable, items: list, workers: int) -> list:
-    """``[fn(x) for x in items]``, on ``workers`` threads when there is more than one item. While
-    they run, torch's intra-op threads are shared out among them (``total // workers`` each; set
-    back afterwards). The items are started last first (length-sorted batches: the longest first,
-    so that no thread is left with a long batch at the end). Thread-local torch modes (autocast,
-    inference mode) do not reach the threads: ``fn`` sets its own."""
-    if workers <= 1 or len(items) <= 1:
+    """``[fn(x) for x in items]``, on ``min(workers, len(items))`` threads. While they run, torch's
+    intra-op threads are shared out among them (``total // workers`` each; set back afterwards), and
+    another caller waits (the thread count is process-wide). The items are started last first
+    (length-sorted batches: the longest first, so that no thread is left with a long batch at the
+    end). Thread-local torch modes (autocast, inference mode) do not reach the threads: ``fn`` sets
+    its own. On Ctrl-C the items not started are dropped and the running ones are not waited for."""
+    workers = min(workers, len(items))
+    if workers <= 1:
         return [fn(x) for x in items]
-    total = torch.get_num_threads()
-    torch.set_num_threads(max(1, total // workers))
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="nmt-search")
-    try:
-        return list(pool.map(fn, items[::-1]))[::-1]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(total)
+    with _THREADS:
+        total = torch.get_num_threads()
+        torch.set_num_threads(max(1, total // workers))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="nmt-search")
+        finished = False
+        try:
+            out = list(pool.map(fn, items[::-1]))[::-1]
+            finished = True
+            return out
+        finally:
+            pool.shutdown(wait=finished, cancel_futures=True)
+            torch.set_num_threads(total)
+
+
+def search_batch(model, opt: SearchOptions, device: torch.device, seqs: list[list[int]],
+                 need_attention: bool) -> list[list[Hypothesis]]:
+    """Beam search over one batch of id sequences (padded into ``(B, S)``) under the options'
+    autocast, which is thread-local and so is set here, in the thread that searches."""
+    src = torch.full((len(seqs), max(map(len, seqs))), PAD_ID, dtype=torch.long)  # (B, S)
+    for row, seq in enumerate(seqs):
+        src[row, : len(seq)] = torch.tensor(seq)
+    with autocast(device, opt.amp, "--amp"):
+        return beam_search(model, src.to(device), opt.beam, opt.max_len_a, opt.max_len_b, opt.alpha, opt.n_best,
+                           need_attention, opt.coverage_penalty)
 
 
 class Translator:
@@ -159,17 +185,10 @@ class Translator:
         batches = [[order[i] for i in chunk]
                    for chunk in length_batches([len(ids[j]) for j in order], self.opt.batch_size, budget)]
 
-        def search(chunk: list[int]) -> list[list[Hypothesis]]:
-            src = torch.full((len(chunk), max(len(ids[j]) for j in chunk)), PAD_ID, dtype=torch.long)  # (B, S)
-            for row, j in enumerate(chunk):
-                src[row, : len(ids[j])] = torch.tensor(ids[j])
-            with autocast(self.device, self.opt.amp, "--amp"):  # per thread: autocast is thread-local
-                return beam_search(self.model, src.to(self.device), self.opt.beam, self.opt.max_len_a,
-                                   self.opt.max_len_b, self.opt.alpha, self.opt.n_best, need_attention,
-                                   self.opt.coverage_penalty)
-
         workers = decode_workers(self.opt.workers, self.device, torch.get_num_threads())
-        for chunk, out in zip(batches, map_in_threads(search, batches, workers)):
+        search = partial(search_batch, self.model, self.opt, self.device, need_attention=need_attention)
+        found = map_in_threads(search, [[ids[j] for j in chunk] for chunk in batches], workers)
+        for chunk, out in zip(batches, found):
             for row, j in enumerate(chunk):
                 results[todo[j]] = out[row]
         return results

@@ -37,6 +37,17 @@ def test_incremental_equals_teacher_forcing_and_padding(kw, position):
     assert len(beam_search(m, src, beam=3, max_len_b=4)) == 3
 
 
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "+".join(f"{k}={v}" for k, v in kw.items()))
+def test_incremental_in_inference_mode_equals_teacher_forcing(kw):
+    """As beam search runs it (inference mode: the log-softmax written over the logits)."""
+    torch.manual_seed(0)
+    m = lstm(**kw)
+    src, tgt = random_batch()
+    with torch.inference_mode():
+        logits = m(src, tgt).logits
+        assert torch.allclose(incremental_log_probs(m, src, tgt), torch.log_softmax(logits, -1), atol=1e-5)
+
+
 def test_coverage_is_exclusive_and_reaches_the_scorer():
     torch.manual_seed(0)
     m = lstm(coverage=True)
@@ -46,7 +57,7 @@ def test_coverage_is_exclusive_and_reaches_the_scorer():
     total = torch.zeros_like(state["coverage"])
     for tok in (2, 5, 6):
         assert torch.allclose(state["coverage"], total, atol=1e-6)  # c_t = sum of a_tau, tau < t
-        _, new, a = m.step(torch.full((3,), tok), state, need_attention=True)
+        _, new, a = m.step(torch.full((3,), tok), dict(state), need_attention=True)  # state is used again below
         total = total + a[:, 0]
         base = a
         bumped = state["coverage"].clone()

@@ -323,6 +323,17 @@ def test_translate_workers_change_threads_not_output(trained_small, multi30k_sma
     assert torch.get_num_threads() == threads
 
 
+def test_one_malloc_arena_for_decoding_commands_only(trained_small, multi30k_small, monkeypatch):
+    """The decoding commands share one malloc arena among their search threads; the others keep glibc's."""
+    import nmt.memory
+
+    calls = []
+    monkeypatch.setattr(nmt.memory, "keep_freed_memory", lambda one_arena=False: calls.append(one_arena))
+    assert invoke("translate", "-m", trained_small / "best.pt", "--beam", 1, input="Ein Hund.\n").exit_code == 0
+    assert invoke("info", trained_small / "best.pt").exit_code == 0
+    assert calls == [True, False]
+
+
 def test_console_script_skips_teardown_and_loses_nothing(trained_small, multi30k_small, tmp_path):
     """The real entry point (``main.run``) ends a successful ``nmt translate`` with ``os._exit`` (an
     atexit marker never prints): every line still arrives, on stdout and in ``-o``, with status 0; a

@@ -94,6 +94,18 @@ def test_incremental_without_weights_equals_teacher_forcing():
     torch.testing.assert_close(torch.stack(lps, 1), torch.log_softmax(logits, -1), atol=1e-5, rtol=1e-5)
 
 
+def test_incremental_in_inference_mode_equals_teacher_forcing():
+    """As beam search runs it (inference mode: the log-softmax written over the logits)."""
+    from conftest import incremental_log_probs
+
+    torch.manual_seed(0)
+    m = tiny_transformer().eval()
+    src, tgt = random_batch()
+    with torch.inference_mode():
+        ref = torch.log_softmax(m(src, tgt).logits, -1)
+        torch.testing.assert_close(incremental_log_probs(m, src, tgt), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_step_takes_the_state_over_and_changes_no_tensor():
     """``step`` pops each layer's old self-attention cache from the dict it is given (freed while the
     grown one is built) but changes no tensor in place: a copy of the dict gives the same step."""
