@@ -56,7 +56,8 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
     tokens = sum(len(x) for x in vocab.encode(hyps)) + len(hyps)  # pieces + EOS
     s = score(hyps, ref)
     workers = decode_workers(args.workers, device, torch.get_num_threads())
-    row = {"beam": beam, "workers": workers, "device": str(device), "quantize": args.quantize, "amp": amp, "sentences": len(src),
+    row = {"beam": beam, "workers": workers, "device": str(device), "quantize": args.quantize, "amp": amp,
+           "sentences": len(src),
            "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure, "whole_sent_s": len(src) / whole,
            "whole_s": whole, "peak_rss_mb": rss, "cli_same_lines": same, "bleu": s["bleu"]["score"],
            "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]}

@@ -52,8 +52,9 @@ def main(
     from nmt.memory import keep_freed_memory
 
     common.VERBOSE["on"] = verbose
-    # reuse freed pages for large tensors (+20% Transformer training on CPU); decoding: one arena for its threads
-    keep_freed_memory(one_arena=ctx.invoked_subcommand in ("translate", "evaluate", "quickstart", "attention"))
+    # reuse freed pages for large tensors (+20% Transformer training on CPU); the commands that decode many
+    # batches on several threads also share one malloc arena (training keeps glibc's: nmt/memory.py)
+    keep_freed_memory(one_arena=ctx.invoked_subcommand in ("translate", "evaluate"))
 
 
 for command in (prepare, train, translate, evaluate, info, attention, quickstart):

@@ -24,8 +24,9 @@ def translate(
     max_len_a: Annotated[float, typer.Option(help="Output length limit: a * source length + b.")] = 1.5,
     max_len_b: Annotated[int, typer.Option(help="Output length limit: a * source length + b.")] = 10,
     n_best: Annotated[int, typer.Option(min=1, help="Print the n best: text<TAB>score, repeated, on one line.")] = 1,
-    workers: Annotated[int, typer.Option(min=0, help="Batches searched at once, each on its own thread sharing "
-                                                     "the CPU threads (0 = auto: 2 on a CPU with >= 2 threads; always 1 on a GPU).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Batches searched at once, each on its own thread sharing the "
+                                                     "CPU threads (0 = auto: 2 on a CPU with >= 2 threads; "
+                                                     "always 1 on a GPU).")] = 0,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read and translated at a time.")] = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     quantize: Annotated[str, typer.Option(help="int8: dynamic int8 weights for faster CPU decoding; none.")] = "none",

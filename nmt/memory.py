@@ -33,4 +33,6 @@ def keep_freed_memory(one_arena: bool = False) -> bool:
     except (OSError, AttributeError):  # musl or another libc
         return False
     options = [(_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 256 << 20)]
-    return all(mallopt(option, value) == 1 for option, value in options + [(_M_ARENA_MAX, 1)] * one_arena)
+    if one_arena:
+        options.append((_M_ARENA_MAX, 1))
+    return all(mallopt(option, value) == 1 for option, value in options)

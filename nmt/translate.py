@@ -43,7 +43,7 @@ class SearchOptions:
     batch_size: int = 128  # at most this many sentences per decoding batch
     batch_tokens: int = 5_000  # and at most this many hypotheses x longest source (0 = no limit)
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
-    workers: int = 0  # batches searched at once, each on its own thread (0 = auto: 2 on a CPU with >= 2 threads; GPU: 1)
+    workers: int = 0  # batches searched at once, one thread each (0 = auto: 2 on a CPU with >= 2 threads; GPU: 1)
     amp: str = "none"  # bf16 | fp16: autocast while searching (fp16 CUDA only; CPU bf16 is slow without native bf16)
 
 

@@ -30,9 +30,10 @@ def step_log_probs(logits: Tensor) -> Tensor:
     """A decoding step's ``log_softmax(logits, -1)`` in fp32; consumes ``logits`` ``(B, V)`` (any
     float dtype): the caller must not use them afterwards.
 
-    On a CPU, when no gradient is needed, the result is written over the fp32 logits: one ``(B, V)`` tensor instead of two (beam 5 on the 2-core CPU, two
-    workers: peak RSS about 20 MB lower and about 5% faster; the same values bit for bit). Elsewhere,
-    or when ``logits`` requires grad, it is the usual out-of-place ``log_softmax``.
+    On a CPU, when no gradient is needed, the result is written over the fp32 logits: one ``(B, V)``
+    tensor instead of two (beam 5 on the 2-core CPU, two workers: peak RSS about 20 MB lower and
+    about 5% faster; the same values bit for bit). Elsewhere, or when ``logits`` requires grad, it is
+    the usual out-of-place ``log_softmax``.
     """
     x = logits.float()
     if x.device.type == "cpu" and not x.requires_grad:
