@@ -19,13 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_measured, table, usable_amps, write_json  # noqa: E402
 
 
-def whole_process(model: str, src: str, beam: int, batch_size: int, batch_tokens: int, quantize: str,
-                  device: str, amp: str, workers: int) -> tuple[float, list[str], float]:
-    """Run ``nmt translate`` once: seconds, output lines, and that process's own peak RSS in MiB."""
+def whole_process(model: str, src: str, beam: int, batch_size: int | None, batch_tokens: int | None,
+                  quantize: str, device: str, amp: str, workers: int) -> tuple[float, list[str], float]:
+    """Run ``nmt translate`` once: seconds, output lines, and that process's own peak RSS in MiB.
+    A batch limit of None is left to ``nmt translate``'s default for the device."""
+    limits = [] if batch_size is None else ["--batch-size", str(batch_size)]
+    limits += [] if batch_tokens is None else ["--batch-tokens", str(batch_tokens)]
     seconds, out, _, rss = run_measured([sys.executable, "-m", "nmt_cli.main", "translate", "-m", model, "-i", src,
-                                         "--beam", str(beam), "--batch-size", str(batch_size), "--batch-tokens",
-                                         str(batch_tokens), "--quantize", quantize, "--device", device, "--amp", amp,
-                                         "--workers", str(workers)])
+                                         "--beam", str(beam), *limits, "--quantize", quantize, "--device", device,
+                                         "--amp", amp, "--workers", str(workers)])
     return seconds, out.splitlines(), rss
 
 
@@ -34,13 +36,15 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
     import torch
 
     from nmt.evaluate import score
-    from nmt.translate import SearchOptions, Translator, decode_workers
+    from nmt.translate import SearchOptions, Translator, batch_limits, decode_workers
 
-    tr = Translator(model, vocab, SearchOptions(beam=beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                                                amp=amp, workers=args.workers), device=device)
+    opts = SearchOptions(beam=beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens, amp=amp,
+                         workers=args.workers)
+    tr = Translator(model, vocab, opts, device=device)
+    size, cap = batch_limits(opts, device)
     cuda = device.type == "cuda"
     with torch.inference_mode():
-        tr.translate(src[: args.batch_size])  # warm-up: first-call set-up (CUDA context and kernels, allocator)
+        tr.translate(src[:size])  # warm-up: first-call set-up (CUDA context and kernels, allocator)
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -57,7 +61,7 @@ def measure(model, vocab, src: list[str], ref: list[str], beam: int, amp: str, d
     s = score(hyps, ref)
     workers = decode_workers(args.workers, device, torch.get_num_threads())
     row = {"beam": beam, "workers": workers, "device": str(device), "quantize": args.quantize, "amp": amp,
-           "sentences": len(src),
+           "batch_size": size, "batch_tokens": cap, "sentences": len(src),
            "pure_sent_s": len(src) / pure, "pure_tok_s": tokens / pure, "whole_sent_s": len(src) / whole,
            "whole_s": whole, "peak_rss_mb": rss, "cli_same_lines": same, "bleu": s["bleu"]["score"],
            "chrf": s["chrf"]["score"], "signature": s["bleu"]["signature"]}
@@ -72,8 +76,8 @@ def main() -> int:
     ap.add_argument("--src", required=True)
     ap.add_argument("--ref", required=True)
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 5])
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--batch-tokens", type=int, default=5_000, help="as nmt translate's (0 = no cap)")
+    ap.add_argument("--batch-size", type=int, default=None, help="as nmt translate's (default: the device's)")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="as nmt translate's (0 = no cap; default: the device's)")
     ap.add_argument("--workers", type=int, default=0, help="as nmt translate's (0 = auto)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto, for both timings")
     ap.add_argument("--quantize", default="none", help="none | int8 (dynamic int8, CPU)")
@@ -101,8 +105,9 @@ def main() -> int:
         for beam in args.beams:
             rows.append(measure(model, vocab, src, ref, beam, amp, device, args))
             print(rows[-1], file=sys.stderr)
-    print(table(rows, ["beam", "workers", "device", "quantize", "amp", "sentences", "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb",
-                       "cli_same_lines", "bleu", "chrf"] + (["peak_gpu_mem_mb"] if device.type == "cuda" else [])))
+    columns = ["beam", "workers", "device", "quantize", "amp", "batch_size", "batch_tokens", "sentences",
+               "pure_sent_s", "pure_tok_s", "whole_sent_s", "whole_s", "peak_rss_mb", "cli_same_lines", "bleu", "chrf"]
+    print(table(rows, columns + (["peak_gpu_mem_mb"] if device.type == "cuda" else [])))
     write_json(args.out, {"model": args.model, "rows": rows})
     return 0
 

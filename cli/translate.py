@@ -16,9 +16,11 @@ def translate(
                                                   help="Input file (default: stdin).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy).")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1, help="At most this many sentences per decoding batch.")] = 128,
-    batch_tokens: Annotated[int, typer.Option(min=0, help="And at most beam x sentences x longest source "
-                                                          "(bounds beam search's memory; 0 = no limit).")] = 5_000,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="At most this many sentences per decoding batch "
+                                                                  "[default: 128 on a CPU, 1000 on a GPU].")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(min=0, help="And at most beam x sentences x longest source "
+                                                                    "(bounds beam search's memory; 0 = no limit) "
+                                                                    "[default: 5000 on a CPU, 50000 on a GPU].")] = None,
     length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha (0 = none).")] = 0.6,
     coverage_penalty: Annotated[float, typer.Option(help="GNMT coverage penalty beta (0 = off).")] = 0.0,
     max_len_a: Annotated[float, typer.Option(help="Output length limit: a * source length + b.")] = 1.5,

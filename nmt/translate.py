@@ -40,14 +40,31 @@ class SearchOptions:
     max_len_b: int = 10
     n_best: int = 1
     coverage_penalty: float = 0.0  # GNMT beta (0 = off)
-    batch_size: int = 128  # at most this many sentences per decoding batch
-    batch_tokens: int = 5_000  # and at most this many hypotheses x longest source (0 = no limit)
+    batch_size: int | None = None  # at most this many sentences per decoding batch (None: the device's, BATCH_LIMITS)
+    batch_tokens: int | None = None  # and at most this many hypotheses x longest source (0 = no limit; None: as above)
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
     workers: int = 0  # batches searched at once, one thread each (0 = auto: 2 on a CPU with >= 2 threads; GPU: 1)
     amp: str = "none"  # bf16 | fp16: autocast while searching (fp16 CUDA only; CPU bf16 is slow without native bf16)
 
 
 QUANTIZE = ("none", "int8")
+
+# Decoding batch limits by device type: (sentences, hypotheses x longest source). On a CPU larger
+# batches buy little and cost memory (two workers, beam 5, 1,000 sentences: 10,000 tokens took 0.98x
+# the time of 5,000 at +8-11% peak RSS). On a GPU the CPU's batches leave it waiting on kernel
+# launches: H200, the 1,000 test sentences, decoding only, greedy / beam 5: 982 / 620 sentences/s at
+# (128, 5,000), 4,941 / 2,263 at (1,000, 50,000) with 621 / 475 MB of GPU memory, 5,811 / 3,604 in
+# one batch with 621 / 920 MB (docs/performance.md). The token cap bounds the beam-search state of
+# larger models (it grows with hypotheses x length x layers x d_model).
+BATCH_LIMITS = {"cpu": (128, 5_000), "cuda": (1_000, 50_000)}
+
+
+def batch_limits(opt: SearchOptions, device: torch.device) -> tuple[int, int]:
+    """``(sentences, tokens)`` per decoding batch: the options' own where given, else the device
+    type's from :data:`BATCH_LIMITS` (the CPU's for other devices)."""
+    size, tokens = BATCH_LIMITS.get(device.type, BATCH_LIMITS["cpu"])
+    return (size if opt.batch_size is None else opt.batch_size,
+            tokens if opt.batch_tokens is None else opt.batch_tokens)
 
 
 def quantize(model, mode: str, device):
@@ -181,9 +198,9 @@ class Translator:
         ids = self._encode([cleaned[i] for i in todo])
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
         self.model.eval()
-        budget = max(1, self.opt.batch_tokens // self.opt.beam) if self.opt.batch_tokens else 0  # sentences x longest
-        batches = [[order[i] for i in chunk]
-                   for chunk in length_batches([len(ids[j]) for j in order], self.opt.batch_size, budget)]
+        size, tokens = batch_limits(self.opt, self.device)
+        budget = max(1, tokens // self.opt.beam) if tokens else 0  # sentences x longest
+        batches = [[order[i] for i in chunk] for chunk in length_batches([len(ids[j]) for j in order], size, budget)]
 
         workers = decode_workers(self.opt.workers, self.device, torch.get_num_threads())
         search = partial(search_batch, self.model, self.opt, self.device, need_attention=need_attention)

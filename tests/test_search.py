@@ -185,6 +185,40 @@ def test_decode_workers_auto_and_explicit():
     assert decode_workers(3, cpu, 1) == 3 and decode_workers(0, gpu, 16) == decode_workers(2, gpu, 4) == 1
 
 
+def test_batch_limits_follow_the_device_unless_given():
+    from nmt.translate import BATCH_LIMITS, SearchOptions, batch_limits
+
+    cpu, gpu, other = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
+    assert batch_limits(SearchOptions(), cpu) == BATCH_LIMITS["cpu"] == (128, 5_000)
+    assert batch_limits(SearchOptions(), gpu) == BATCH_LIMITS["cuda"] == (1_000, 50_000)
+    assert batch_limits(SearchOptions(), other) == BATCH_LIMITS["cpu"]
+    assert batch_limits(SearchOptions(batch_size=7, batch_tokens=0), gpu) == (7, 0)  # 0 = no token cap, kept
+    assert batch_limits(SearchOptions(batch_tokens=300), cpu) == (128, 300)
+
+
+def test_translator_batches_by_the_limits(monkeypatch):
+    """The Translator cuts its batches with ``batch_limits``: the device's unless the options say."""
+    import nmt.translate as tr_mod
+    from nmt.translate import SearchOptions, Translator
+
+    sizes = []
+
+    def fake_search(model, opt, device, ids, need_attention=False):
+        sizes.append(len(ids))
+        return [[] for _ in ids]
+
+    monkeypatch.setattr(tr_mod, "search_batch", fake_search)
+    monkeypatch.setitem(tr_mod.BATCH_LIMITS, "cpu", (3, 0))
+    lines = [f"w{i}" for i in range(8)]
+    vocab = type("V", (), {"encode": lambda self, xs: [[5] for _ in xs]})()
+    model = torch.nn.Linear(1, 1)
+    Translator(model, vocab, SearchOptions(beam=1, workers=1)).hypotheses(lines)
+    assert sorted(sizes) == [2, 3, 3]
+    sizes.clear()
+    Translator(model, vocab, SearchOptions(beam=1, workers=1, batch_size=5)).hypotheses(lines)
+    assert sorted(sizes) == [3, 5]
+
+
 def test_map_in_threads_keeps_order_shares_threads_and_restores_them():
     import threading
 
