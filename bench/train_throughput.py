@@ -74,8 +74,10 @@ def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int
 
     from nmt.config import load_config
     from nmt.data import epoch_batches
+    from nmt.memory import keep_freed_memory
     from nmt.train import Trainer
 
+    keep_freed_memory()  # as nmt train does (NMT_KEEP_FREED_MEMORY=0 measures without it)
     if threads:
         torch.set_num_threads(threads)
     sets = [f'data.dir="{data}"', f'train.amp="{amp}"', "train.threads=0"]
