@@ -51,7 +51,7 @@ QUANTIZE = ("none", "int8")
 
 # Decoding batch limits by device type: (sentences, hypotheses x longest source). On a CPU larger
 # batches buy little and cost memory (two workers, beam 5, 1,000 sentences: 10,000 tokens took 0.98x
-# the time of 5,000 at +8-11% peak RSS). On a GPU the CPU's batches leave it waiting on kernel
+# the time of 5,000 at +6-15% peak RSS). On a GPU the CPU's batches leave it waiting on kernel
 # launches: H200, the 1,000 test sentences, decoding only, greedy / beam 5: 982 / 620 sentences/s at
 # (128, 5,000), 4,941 / 2,263 at (1,000, 50,000) with 621 / 475 MB of GPU memory, 5,811 / 3,604 in
 # one batch with 621 / 920 MB (docs/performance.md). The token cap bounds the beam-search state of
