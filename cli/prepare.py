@@ -38,22 +38,32 @@ def prepare(
     \b
         nmt prepare --train-src train.de --train-tgt train.en --valid-src val.de --valid-tgt val.en -o prepared/de-en
     """
-    from nmt.corpora import corpus_file
+    from nmt.corpora import check_languages, corpus_file
     from nmt.errors import NmtError
     from nmt.prepare import PrepareOptions, prepare as run
 
     with guard():
         langs = (src_lang or "src", tgt_lang or "tgt")
+        files = {"--train-src": train_src, "--train-tgt": train_tgt, "--valid-src": valid_src,
+                 "--valid-tgt": valid_tgt, "--test-src": test_src, "--test-tgt": test_tgt}
         if corpus:
+            if given := [option for option, path in files.items() if path]:
+                raise NmtError(f"give --corpus or files, not both (--corpus {corpus} with {', '.join(given)})")
             if not (src_lang and tgt_lang):
                 raise NmtError("--corpus needs --src-lang and --tgt-lang")
+            if src_lang == tgt_lang:
+                raise NmtError(f"--src-lang and --tgt-lang are both {src_lang!r}; give two languages of {corpus}")
+            check_languages(corpus, src_lang, tgt_lang)  # before anything is downloaded
             pair = lambda split: (corpus_file(corpus, split, src_lang), corpus_file(corpus, split, tgt_lang))
             train, valid, test = pair("train"), pair("valid"), pair("test")
         else:
             if not (train_src and train_tgt):
                 raise NmtError("give --corpus NAME or both --train-src and --train-tgt")
+            for split in ("valid", "test"):
+                if bool(files[f"--{split}-src"]) != bool(files[f"--{split}-tgt"]):
+                    raise NmtError(f"--{split}-src and --{split}-tgt go together: give both or neither")
             train = (train_src, train_tgt)
-            valid = (valid_src, valid_tgt) if valid_src and valid_tgt else None
-            test = (test_src, test_tgt) if test_src and test_tgt else None
+            valid = (valid_src, valid_tgt) if valid_src else None
+            test = (test_src, test_tgt) if test_src else None
         options = PrepareOptions(vocab_size=vocab_size, model_type=model_type, max_words=max_words, max_ratio=max_ratio)
         run(out, train, valid, test, langs, options, log=err)

@@ -22,7 +22,7 @@ def quickstart(
     Uses $NMT_DATA_HOME/multi30k when set (no network), else downloads Multi30k (~2 MB).
     """
     from nmt.config import load_config
-    from nmt.corpora import corpus_file
+    from nmt.corpora import check_languages, corpus_file
     from nmt.evaluate import score
     from nmt.prepare import prepare, read_lines
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
@@ -31,13 +31,14 @@ def quickstart(
 
     with guard():
         data, run = out / "data", out / "run"
+        check_languages("multi30k", src_lang, tgt_lang)  # before anything is downloaded
         pair = lambda split: (corpus_file("multi30k", split, src_lang), corpus_file("multi30k", split, tgt_lang))
         if _prepared_langs(data) != [src_lang, tgt_lang]:  # none yet, another pair, or an interrupted prepare
             err(f"== prepare: Multi30k {src_lang}->{tgt_lang} -> {data}")
             prepare(data, pair("train"), pair("valid"), pair("test"), (src_lang, tgt_lang), log=err)
         else:
             err(f"== prepare: reusing {data} (Multi30k {src_lang}->{tgt_lang})")
-        err(f"== train: Transformer for {minutes:g} minutes -> {run}")
+        err(f"== train: Transformer for {minutes:g} minute{'' if minutes == 1 else 's'} -> {run}")
         cfg = load_config(None, [f"data.dir={json.dumps(str(data), ensure_ascii=False)}", f"train.max_minutes={minutes}", "train.valid_every=500",
                                  "train.valid_max_sentences=300"])
         train(cfg, run)

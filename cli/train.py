@@ -15,7 +15,8 @@ def train(
                                                    help="A TOML config (see configs/).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Prepared data folder (overrides data.dir).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key: section.key=value (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt (model, optimizer, schedule, RNG, data position).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt (model, optimizer, schedule, RNG, data "
+                                              "position); without -c, with the run's own OUT/config.json.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (overrides train.device).")] = None,
 ) -> None:
     """Train a model on a prepared folder; writes best.pt (by valid BLEU) and last.pt.
@@ -23,7 +24,8 @@ def train(
     \b
         nmt train -c configs/transformer.toml -d prepared/de-en -o runs/de-en
         nmt train -c configs/transformer.toml -o runs/de-en --set train.max_minutes=20 --set model.dropout=0.3
-        nmt train -c configs/transformer.toml -o runs/de-en --resume
+        nmt train -o runs/de-en --resume                  # the run's own config (runs/de-en/config.json)
+        nmt train -o runs/de-en --resume --set train.max_minutes=120
 
     On several GPUs (or CPU processes): torchrun --nproc_per_node 4 -m nmt_cli.main train ...
     """
@@ -36,4 +38,6 @@ def train(
             overrides.append(f"data.dir={json.dumps(str(data), ensure_ascii=False)}")
         if device is not None:
             overrides.append(f"train.device={json.dumps(device, ensure_ascii=False)}")
+        if resume and config is None and (out / "config.json").exists():
+            config = out / "config.json"  # the run's own settings; --set still overrides them
         run(load_config(config, overrides), out, resume=resume)

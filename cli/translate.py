@@ -12,14 +12,13 @@ from nmt_cli.common import err, guard
 
 def translate(
     model: Annotated[Path, typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True, help="Checkpoint (best.pt).")],
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", exists=True, dir_okay=False, readable=True,
-                                                  help="Input file (default: stdin).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Input file (default or -: stdin).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default or -: stdout).")] = None,
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy).")] = 5,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="At most this many sentences per decoding batch "
                                                                   "[default: 128 on a CPU, 1000 on a GPU].")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option(min=0, help="And at most beam x sentences x longest source "
-                                                                    "(bounds beam search's memory; 0 = no limit) "
+    batch_tokens: Annotated[Optional[int], typer.Option(min=0, help="At most beam x sentences x longest source per "
+                                                                    "batch too (bounds beam search's memory; 0 = no limit) "
                                                                     "[default: 5000 on a CPU, 50000 on a GPU].")] = None,
     length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha (0 = none).")] = 0.6,
     coverage_penalty: Annotated[float, typer.Option(help="GNMT coverage penalty beta (0 = off).")] = 0.0,
@@ -54,10 +53,16 @@ def translate(
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.device import pick_device
+    from nmt.errors import NmtError
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
     with guard():
-        _check_distinct(input, {"--output": output, "--attention-stats": attention_stats,
+        input, output = (None if path is not None and str(path) == "-" else path for path in (input, output))
+        if input is not None and not input.is_file():
+            raise NmtError(f"--input {input}: {'is a folder' if input.is_dir() else 'no such file'}")
+        if n_best > beam:
+            err(f"warning: --n-best {n_best} is more than --beam {beam}: {beam} hypotheses per line")
+        _check_distinct({"--model": model, "--input": input}, {"--output": output, "--attention-stats": attention_stats,
                                 "--alignments": None if alignments in (None, "-") else Path(alignments)})
         dev = pick_device(device)
         net, vocab = model_from_checkpoint(load_checkpoint(model))
@@ -90,12 +95,12 @@ def translate(
         common.SKIP_TEARDOWN["on"] = True  # all written and closed: the process may end at once (main.run)
 
 
-def _check_distinct(input: Path | None, outputs: dict) -> None:
-    """Before anything is opened: no output file may be the input or another output (opening it
-    for writing would empty it, or two streams would interleave in it)."""
+def _check_distinct(inputs: dict, outputs: dict) -> None:
+    """Before anything is opened: no output file may be an input (the checkpoint or the text) or
+    another output (opening it for writing would empty it, or two streams would interleave in it)."""
     from nmt.errors import NmtError
 
-    seen = {input.resolve(): "--input"} if input else {}
+    seen = {path.resolve(): option for option, path in inputs.items() if path is not None}
     for option, path in outputs.items():
         if path is None:
             continue
@@ -107,13 +112,28 @@ def _check_distinct(input: Path | None, outputs: dict) -> None:
 
 def _open_io(input: Path | None, output: Path | None):
     """The input (bytes) and output (UTF-8 text) streams."""
+    from nmt.errors import NmtError
+
+    if not output and sys.stdout is None:  # started with its standard output closed
+        raise NmtError("standard output is closed; give --output FILE")
+    if not input and sys.stdin is None:
+        raise NmtError("standard input is closed; give --input FILE")
     out = _open_write(output, "--output") if output else sys.stdout
     if not output and hasattr(sys.stdout, "reconfigure"):
         try:  # UTF-8 whatever the locale (the input is read as UTF-8 too); never a crash mid-stream
             sys.stdout.reconfigure(encoding="utf-8", errors="replace")
         except (ValueError, OSError):
             pass
-    return (open(input, "rb") if input else sys.stdin.buffer), out
+    return (_open_read(input) if input else sys.stdin.buffer), out
+
+
+def _open_read(path: Path):
+    from nmt.errors import NmtError
+
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise NmtError(f"--input {path}: cannot read ({e.strerror})") from None
 
 
 def _open_write(path: Path, option: str):

@@ -9,6 +9,7 @@ The same model dataclass builds the model and is stored in the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -171,15 +172,19 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML config (or start from defaults), apply overrides, validate, return the config."""
+    """Read a TOML config (or a run's ``config.json``; or start from defaults), apply overrides,
+    validate, return the config."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
+            raw = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
         except FileNotFoundError:
             raise NmtError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise NmtError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+        except json.JSONDecodeError as e:
+            raise NmtError(f"{path}: not valid JSON ({e}); fix the syntax") from None
     for section, values in parse_overrides(overrides or []).items():
         raw.setdefault(section, {}).update(values)
     sections = ("data", "model", "train")

@@ -38,18 +38,27 @@ def load_recipe(name: str) -> dict:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
+def check_languages(name: str, *langs: str) -> None:
+    """Fail unless corpus ``name`` has every language in ``langs`` (checked before any download)."""
+    recipe = load_recipe(name)
+    for lang in langs:
+        if lang not in recipe["languages"]:
+            raise NmtError(f"corpus {name} has no language {lang!r}; it has: {', '.join(recipe['languages'])}")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _download(url: str, dest: Path, sha: str | None) -> None:
+def _download(url: str, dest: Path, sha: str | None, searched: str = "the local folders") -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except OSError as e:
-        raise NmtError(f"could not download {url} ({e}); set {DATA_HOME_ENV} to a local copy") from None
+        raise NmtError(f"could not download {url} ({e}); not found in {searched} either: set {DATA_HOME_ENV} "
+                       f"to a local copy (a folder holding {dest.parent.parent.name}/raw/)") from None
     tmp.write_bytes(gzip.decompress(data) if url.endswith(".gz") else data)
     if sha and _sha256(tmp) != sha:
         tmp.unlink()
@@ -60,22 +69,23 @@ def _download(url: str, dest: Path, sha: str | None) -> None:
 def corpus_file(name: str, split: str, lang: str, download: bool = True) -> Path:
     """The local path of ``split`` (train/valid/test) in language ``lang`` of corpus ``name``."""
     recipe = load_recipe(name)
-    if lang not in recipe["languages"]:
-        raise NmtError(f"corpus {name} has no language {lang!r}; it has: {', '.join(recipe['languages'])}")
+    check_languages(name, lang)
     if split not in recipe["splits"]:
         raise NmtError(f"corpus {name} has no split {split!r}; it has: {', '.join(recipe['splits'])}")
     fname = f"{recipe['splits'][split]}.{lang}"
     sha = recipe.get("sha256", {}).get(fname)
     cache = Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt"))
     homes = [Path(os.environ[DATA_HOME_ENV])] if os.environ.get(DATA_HOME_ENV) else []
-    for home in homes + [cache]:
-        path = home / name / "raw" / fname
+    candidates = [home / name / "raw" / fname for home in homes + [cache]]
+    for path in candidates:
         if path.exists():
             if sha and _sha256(path) != sha:
                 raise NmtError(f"{path}: checksum differs from the {name} recipe; replace the file")
             return path
+    searched = " or ".join(str(p.resolve()) for p in candidates)
     if not download:
-        raise NmtError(f"{fname} of {name} not found; set {DATA_HOME_ENV} to a folder holding {name}/raw/")
+        raise NmtError(f"{fname} of {name} not found in {searched}; "
+                       f"set {DATA_HOME_ENV} to a folder holding {name}/raw/")
     dest = cache / name / "raw" / fname
-    _download(recipe["url"].format(split=recipe["splits"][split], lang=lang), dest, sha)
+    _download(recipe["url"].format(split=recipe["splits"][split], lang=lang), dest, sha, searched)
     return dest

@@ -68,7 +68,7 @@ class AttentionReport:
             figures = attention_figures(att, labels_src, labels_tgt)
             enc = self.encoder_attention(line) if self.encoder_attention is not None else None
             if enc is not None:  # (L, H, S, S): rows and columns are both source pieces
-                figures += [(f"encoder.layer{l + 1}.avg", enc[l].mean(0), labels_src, labels_src)
+                figures += [(f"encoder.layer{l}.avg", enc[l].mean(0), labels_src, labels_src)
                             for l in range(enc.shape[0])]
             self.items.append({"index": self.line_no, "source": line, "output": self.vocab.decode(hyp.tokens),
                                "score": hyp.score, "figures": figures})

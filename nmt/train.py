@@ -84,6 +84,7 @@ class Trainer:
         self.dist = Dist.from_env(self.tc.device)
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.device = self.dist.device if self.dist.enabled else pick_device(self.tc.device)
+        autocast(self.device, self.tc.amp)  # an amp this device cannot run fails here, before anything is built
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
         data_dir = Path(config.data.dir)
@@ -142,7 +143,14 @@ class Trainer:
         ckpt = load_checkpoint(path, mmap=False)  # all of it is needed, and kept for the whole run
         if ckpt["kind"] != self.cfg.model_kind:
             raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
-        self.model.load_state_dict(ckpt["weights"])
+        differs = config_differences(ckpt["model_config"], asdict(self.cfg.model))
+        try:
+            self.model.load_state_dict(ckpt["weights"])
+        except RuntimeError:  # other shapes or parameters
+            raise NmtError(f"{path}: the config's model does not fit the checkpoint's ({differs or 'other weights'});"
+                           f" resume without -c to use the run's own {self.out / 'config.json'}") from None
+        if differs:  # the same weights, other settings (dropout, say): the config's apply from here on
+            self.log(f"note: model settings differ from {path}'s, continuing with the config's: {differs}")
         t = ckpt.get("training")
         if t is None:
             raise NmtError(f"{path}: has no training state to resume from")
@@ -274,10 +282,12 @@ class Trainer:
         return self._finish(reason)
 
     def _time_left(self) -> dict:
-        """ETA for the progress bar when the budget is in minutes (tqdm shows it for max_steps)."""
+        """The minutes left of ``max_minutes`` for the progress bar: its ETA when minutes are the
+        only budget, else ``min_left`` (tqdm shows the ETA of ``max_steps`` itself)."""
         if not self.tc.max_minutes:
             return {}
-        return {"eta": f"{max(0.0, self.tc.max_minutes - self.elapsed / 60):.1f}min"}
+        left = max(0.0, self.tc.max_minutes - self.elapsed / 60)
+        return {"min_left" if self.tc.max_steps else "eta": f"{left:.1f}min"}
 
     def _after_update(self, metrics) -> str:
         """Validate/save when due; return why to stop, or "limit" to go on."""
@@ -335,7 +345,7 @@ class Trainer:
 
     def _finish(self, reason: str) -> dict:
         messages = {
-            "interrupted": f"stopped on request; continue with: nmt train ... --out {self.out} --resume",
+            "interrupted": f"stopped on request; continue with: nmt train --out {self.out} --resume",
             "early_stopping": f"early stopping after {self.tc.patience} validations without improvement",
             "max_steps": "reached train.max_steps",
             "max_minutes": "reached train.max_minutes",
@@ -356,6 +366,15 @@ class Trainer:
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     return Trainer(config, out_dir, resume).run()
+
+
+def config_differences(saved: dict, now: dict, limit: int = 3) -> str:
+    """``"model.d_model 64 in the checkpoint, 256 now, ..."`` for the keys whose values differ
+    (lists and tuples compare equal); empty when none do."""
+    plain = lambda v: list(v) if isinstance(v, tuple) else v
+    keys = [k for k in sorted(set(saved) | set(now)) if plain(saved.get(k)) != plain(now.get(k))]
+    parts = [f"model.{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def config_summary(config: RunConfig) -> str:

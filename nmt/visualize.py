@@ -50,14 +50,15 @@ def svg_heatmap(weights: Tensor, src: list[str], tgt: list[str], title: str = ""
 
 def attention_figures(attention: Tensor, src: list[str], tgt: list[str]) -> list[tuple]:
     """attention ``(T, L, H, S)`` -> ``(name, (T, S) matrix, row labels, column labels)`` per figure:
-    per layer the mean over heads, then every head (a single-head layer shows just its head)."""
+    per layer the mean over heads, then every head (a single-head layer shows just its head).
+    Layers and heads count from 0 in the names, as ``--align-layer`` and ``--align-heads`` do."""
     figs = []
     _, layers, heads, _ = attention.shape
     for layer in range(layers):
         if heads > 1:
-            figs.append((f"layer{layer + 1}.avg", attention[:, layer].mean(1), tgt, src))
+            figs.append((f"layer{layer}.avg", attention[:, layer].mean(1), tgt, src))
         for head in range(heads):
-            figs.append((f"layer{layer + 1}.head{head + 1}", attention[:, layer, head], tgt, src))
+            figs.append((f"layer{layer}.head{head}", attention[:, layer, head], tgt, src))
     return figs
 
 

@@ -1,6 +1,7 @@
 """The CLI through Typer's CliRunner, end to end on a few hundred real Multi30k lines."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -36,6 +37,28 @@ def test_prepare_line_count_mismatch(tmp_path):
     r = invoke("prepare", "--train-src", tmp_path / "a", "--train-tgt", tmp_path / "b", "-o", tmp_path / "out")
     assert r.exit_code == 1
     assert "has 2 lines but" in r.output and "has 1" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corpus", "multi30k", "--src-lang", "de", "--tgt-lang", "en", "--train-src", "{a}", "--train-tgt", "{b}"],
+     "give --corpus or files, not both (--corpus multi30k with --train-src, --train-tgt)"),
+    (["--train-src", "{a}", "--train-tgt", "{b}", "--valid-src", "{a}"],
+     "--valid-src and --valid-tgt go together: give both or neither"),
+    (["--train-src", "{a}", "--train-tgt", "{b}", "--test-tgt", "{b}"],
+     "--test-src and --test-tgt go together: give both or neither"),
+    (["--corpus", "multi30k", "--src-lang", "de", "--tgt-lang", "de"], "--src-lang and --tgt-lang are both 'de'"),
+    (["--corpus", "multi30k", "--src-lang", "de", "--tgt-lang", "ja"], "corpus multi30k has no language 'ja'"),
+])
+def test_prepare_rejects_what_it_would_ignore(tmp_path, monkeypatch, args, message):
+    """Nothing given is silently ignored, and a wrong language fails before any download (the
+    data home points at an empty folder and a download would fail with another message)."""
+    monkeypatch.setenv("NMT_DATA_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a").write_text("ein hund\n")
+    (tmp_path / "b").write_text("a dog\n")
+    r = invoke("prepare", *[a.format(a=tmp_path / "a", b=tmp_path / "b") for a in args], "-o", tmp_path / "out")
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 def test_prepare_reports_counts_and_cleans(tmp_path, multi30k_small):
@@ -86,6 +109,7 @@ def test_train_translate_evaluate_end_to_end(tmp_path, prepared_small):
 
     r = invoke("info", run / "best.pt")
     assert r.exit_code == 0 and "transformer" in r.output and "parameters" in r.output
+    assert {x["epoch"] for x in lines} == {1} and "(epoch 1)" in r.output  # counted from 1, as in metrics.jsonl
 
 
 def test_evaluate_matches_sacrebleu_cli(tmp_path, prepared_small):
@@ -351,3 +375,18 @@ def test_console_script_skips_teardown_and_loses_nothing(trained_small, multi30k
     r = subprocess.run([*cmd, "--quantize", "int4"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("nmt: error: unknown --quantize") and "TEARDOWN" in r.stderr
     assert r.stdout == ""
+
+
+def test_translate_dash_is_stdin_and_stdout(trained_small, tmp_path):
+    """``-i -`` and ``-o -`` as in fairseq and Marian; --n-best above --beam warns; a missing or
+    folder input is one line, exit 1."""
+    model = trained_small / "best.pt"
+    plain = invoke("translate", "-m", model, "--beam", 2, input="Ein Hund.\nZwei.\n")
+    dashed = invoke("translate", "-m", model, "--beam", 2, "-i", "-", "-o", "-", input="Ein Hund.\nZwei.\n")
+    assert plain.exit_code == dashed.exit_code == 0 and plain.stdout == dashed.stdout and not os.path.exists("-")
+    r = invoke("translate", "-m", model, "--beam", 2, "--n-best", 3, input="Ein Hund.\n")
+    assert r.exit_code == 0 and "warning: --n-best 3 is more than --beam 2" in r.stderr
+    assert len(r.stdout.rstrip("\n").split("\t")) == 4  # two hypotheses: text, score, text, score
+    for path, message in ((tmp_path / "nope", "no such file"), (tmp_path, "is a folder")):
+        r = invoke("translate", "-m", model, "-i", path)
+        assert r.exit_code == 1 and r.output == f"nmt: error: --input {path}: {message}\n"

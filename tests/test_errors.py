@@ -33,6 +33,16 @@ def test_output_is_the_input_file(trained_small, tmp_path):
     assert src.read_text() == "Ein Hund läuft.\nZwei Männer.\n" and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option", ["--output", "--alignments", "--attention-stats"])
+def test_output_is_the_checkpoint(trained_small, tmp_path, option):
+    model = tmp_path / "m.pt"
+    shutil.copy(trained_small / "best.pt", model)
+    before = model.read_bytes()
+    r = invoke("translate", "-m", model, option, tmp_path / "." / "m.pt", input="Ein Hund.\n")
+    assert r.exit_code == 1 and f"{option} " in r.output and "same file as --model" in r.output
+    assert r.output.count("\n") == 1 and model.read_bytes() == before
+
+
 def test_output_in_a_missing_folder(trained_small, tmp_path):
     r = invoke("translate", "-m", trained_small / "best.pt", "-o", tmp_path / "no" / "out.en", input="x\n")
     assert r.exit_code == 1 and "--output" in r.output and "cannot write" in r.output

@@ -83,3 +83,15 @@ def test_interactive_producer_gets_answers_before_eof(trained_small):
         finally:
             if p.poll() is None:
                 p.kill()
+
+
+def test_closed_standard_output_is_a_one_line_error(trained_small, tmp_path):
+    """Started with fd 1 closed (``nmt translate ... >&-``): one line on stderr, exit 1, no traceback."""
+    import os
+
+    src = tmp_path / "in.de"
+    src.write_text("Ein Hund.\n")
+    r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(trained_small / "best.pt"),
+                        "-i", str(src)], stdout=None, stderr=subprocess.PIPE, text=True, timeout=120,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 1 and r.stderr == "nmt: error: standard output is closed; give --output FILE\n", r.stderr

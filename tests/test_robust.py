@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,43 @@ def test_resume_without_last_is_an_error(tmp_path, prepared_small):
 
     with pytest.raises(NmtError, match="nothing to resume"):
         Trainer(load_config(None, [f'data.dir="{prepared_small}"', *TINY]), tmp_path / "x", resume=True)
+
+
+def test_resume_continues_with_the_runs_own_config(tmp_path, prepared_small):
+    """``nmt train -o RUN --resume`` needs no config: RUN/config.json holds the run's settings (the
+    ``--set`` ones included); a model that does not fit the checkpoint fails in one line, naming
+    the settings that differ; settings that keep the weights (dropout) apply with a note."""
+    from typer.testing import CliRunner
+
+    from nmt_cli.main import app
+
+    out = tmp_path / "run"
+    train_losses(prepared_small, out, ["train.max_steps=2", "train.valid_every=100"])
+    invoke = lambda *a: CliRunner().invoke(app, ["train", "-o", str(out), "--resume", *a])
+    r = invoke("--set", "train.max_steps=3")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(out / "last.pt")["meta"]["step"] == 3
+    r = invoke("-c", str(Path(__file__).parents[1] / "configs/transformer.toml"), "-d", str(prepared_small), "--set", "train.max_steps=4")
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "model.d_model 32 in the checkpoint, 256 now" in r.output and "config.json" in r.output
+    r = invoke("--set", "model.dropout=0.3", "--set", "train.max_steps=4")
+    assert r.exit_code == 0 and "model.dropout 0.1 in the checkpoint, 0.3 now" in r.output, r.output
+    assert load_checkpoint(out / "last.pt")["meta"]["step"] == 4
+
+
+def test_fp16_on_a_cpu_fails_before_anything_is_built(tmp_path, monkeypatch):
+    """No data is read and no model built (the data folder does not even exist) and no torch
+    warning is printed: one line, at once."""
+    import warnings
+
+    from nmt.errors import NmtError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(None, [f'data.dir="{tmp_path / "missing"}"', 'train.amp="fp16"', 'train.device="cpu"'])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NmtError, match="train.amp fp16 needs CUDA"):
+            Trainer(cfg, tmp_path / "run", log=lambda m: None)
 
 
 def test_nan_loss_stops_or_skips(tmp_path, prepared_small, monkeypatch):

@@ -60,7 +60,7 @@ def test_translate_writes_pictures_alignments_and_stats(trained_small, tmp_path)
     index = (pics / "index.html").read_text()
     assert "line 1" in index and "line 3" in index and "line 2<" not in index
     svgs = sorted(p.name for p in pics.glob("*.svg"))
-    assert "line00001.layer1.head1.svg" in svgs and "line00001.encoder.layer1.avg.svg" in svgs
+    assert "line00001.layer0.head0.svg" in svgs and "line00001.encoder.layer0.avg.svg" in svgs  # from 0, as --align-*
     for p in pics.glob("*.svg"):
         ET.parse(p)
     records = [json.loads(l) for l in stats.read_text().splitlines()]
@@ -79,4 +79,4 @@ def test_lstm_alignments(tmp_path, prepared_small):
                                  "--max-len-b", "3", "--attention", str(tmp_path / "p")], input="Ein Hund.\n")
     assert r.exit_code == 0, r.output
     assert align.read_text().count("\n") == 1
-    assert (tmp_path / "p" / "line00001.layer1.head2.svg").exists()
+    assert (tmp_path / "p" / "line00001.layer0.head1.svg").exists()
