@@ -40,4 +40,6 @@ def train(
             overrides.append(f"train.device={json.dumps(device, ensure_ascii=False)}")
         if resume and config is None and (out / "config.json").exists():
             config = out / "config.json"  # the run's own settings; --set still overrides them
-        run(load_config(config, overrides), out, resume=resume)
+        result = run(load_config(config, overrides), out, resume=resume)
+    if result["reason"] == "interrupted":  # saved and resumable, not finished: 130 (SIGINT) / 143 (SIGTERM)
+        raise typer.Exit(128 + (result["signal"] or 2))  # no signal here: another torchrun rank got it

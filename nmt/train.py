@@ -38,13 +38,14 @@ class Stop:
 
     def __init__(self):
         self.requested = False
+        self.signum = 0  # the signal that asked (the command's exit status is then 128 + signum)
 
     def install(self) -> None:
         def handler(signum, frame):
             if self.requested:
                 print("\nsecond interrupt: exiting without saving", file=sys.stderr)
                 os._exit(130)
-            self.requested = True
+            self.requested, self.signum = True, signum
             print("\ninterrupt: saving last.pt after this update (press Ctrl-C again to quit now)", file=sys.stderr)
 
         signal.signal(signal.SIGINT, handler)
@@ -357,7 +358,7 @@ class Trainer:
                 else f"best valid BLEU {self.best_bleu:.2f}" if self.best_bleu >= 0 else "not validated yet")
         self.log(f"{messages[reason]} (update {self.step}, {best}); run folder {self.out}")
         self.dist.close()
-        return {"reason": reason, "step": self.step, "best_bleu": self.best_bleu}
+        return {"reason": reason, "step": self.step, "best_bleu": self.best_bleu, "signal": self.stop.signum}
 
     def _validate_final(self) -> None:
         with open(self.out / "metrics.jsonl", "a") as metrics:

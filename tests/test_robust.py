@@ -133,7 +133,7 @@ def test_sigint_saves_last_and_resume_continues(tmp_path, prepared_small):
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err
+    assert p.returncode == 130, err  # saved, resumable, not finished: a script sees the interruption
     assert "--resume" in err
     ckpt = load_checkpoint(out / "last.pt")
     step = ckpt["meta"]["step"]
@@ -144,6 +144,22 @@ def test_sigint_saves_last_and_resume_continues(tmp_path, prepared_small):
     assert load_checkpoint(out / "last.pt")["meta"]["step"] == step + 2
     logged = losses([json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()])
     assert max(logged) == step + 2  # the resumed run went on from `step`, it did not start over
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (0, 130)])
+def test_interrupted_training_exits_128_plus_the_signal(monkeypatch, tmp_path, signum, status):
+    """A stop on request saves and can resume, but the run did not finish: scripts see 128 + the
+    signal (0: a torchrun rank that stopped because another one was asked to)."""
+    from typer.testing import CliRunner
+
+    import nmt.train
+    from nmt_cli.main import app
+
+    result = {"reason": "interrupted", "step": 3, "best_bleu": -1.0, "signal": int(signum)}
+    monkeypatch.setattr(nmt.train, "train", lambda config, out, resume=False: result)
+    assert CliRunner().invoke(app, ["train", "-o", str(tmp_path / "r")]).exit_code == status
+    result["reason"] = "max_steps"
+    assert CliRunner().invoke(app, ["train", "-o", str(tmp_path / "r")]).exit_code == 0
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, prepared_small):
