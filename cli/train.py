@@ -30,6 +30,7 @@ def train(
     On several GPUs (or CPU processes): torchrun --nproc_per_node 4 -m nmt_cli.main train ...
     """
     from nmt.config import load_config
+    from nmt.errors import NmtError
     from nmt.train import train as run
 
     with guard():
@@ -38,8 +39,10 @@ def train(
             overrides.append(f"data.dir={json.dumps(str(data), ensure_ascii=False)}")
         if device is not None:
             overrides.append(f"train.device={json.dumps(device, ensure_ascii=False)}")
-        if resume and config is None and (out / "config.json").exists():
-            config = out / "config.json"  # the run's own settings; --set still overrides them
+        if resume and config is None:  # the run's own settings; --set still overrides them
+            config = out / "config.json"
+            if not config.exists():
+                raise NmtError(f"{config} not found: nothing to resume there, or give -c with the run's settings")
         result = run(load_config(config, overrides), out, resume=resume)
     if result["reason"] == "interrupted":  # saved and resumable, not finished: 130 (SIGINT) / 143 (SIGTERM)
         raise typer.Exit(128 + (result["signal"] or 2))  # no signal here: another torchrun rank got it

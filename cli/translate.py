@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,17 +54,14 @@ def translate(
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.device import pick_device
-    from nmt.errors import NmtError
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
     with guard():
         input, output = (None if path is not None and str(path) == "-" else path for path in (input, output))
-        if input is not None and not input.is_file():
-            raise NmtError(f"--input {input}: {'is a folder' if input.is_dir() else 'no such file'}")
+        _check_paths(model, input, output, attention_stats, alignments, attention)
         if n_best > beam:
-            err(f"warning: --n-best {n_best} is more than --beam {beam}: {beam} hypotheses per line")
-        _check_distinct({"--model": model, "--input": input}, {"--output": output, "--attention-stats": attention_stats,
-                                "--alignments": None if alignments in (None, "-") else Path(alignments)})
+            err(f"warning: --n-best {n_best} is more than --beam {beam}: "
+                f"{'one hypothesis' if beam == 1 else f'{beam} hypotheses'} per line")
         dev = pick_device(device)
         net, vocab = model_from_checkpoint(load_checkpoint(model))
         net = quantize_model(net.to(dev), quantize, dev)
@@ -95,6 +93,30 @@ def translate(
         common.SKIP_TEARDOWN["on"] = True  # all written and closed: the process may end at once (main.run)
 
 
+def _check_paths(model: Path, input: Path | None, output: Path | None, stats: Path | None, alignments: str | None,
+                 pictures: Path | None) -> None:
+    """Everything about the files that can fail, checked before any of them is opened (an output
+    opened for writing is emptied): the input, closed standard streams, ``-`` where it means
+    nothing, and outputs that are an input or each other. ``-`` for input / output is already None."""
+    from nmt.errors import NmtError
+
+    if input is not None:
+        if not input.exists() or input.is_dir():  # a pipe (-i <(zcat x.gz), /dev/stdin) is fine
+            raise NmtError(f"--input {input}: {'is a folder' if input.is_dir() else 'no such file'}")
+        if not os.access(input, os.R_OK):
+            raise NmtError(f"--input {input}: not readable")
+    elif sys.stdin is None:
+        raise NmtError("standard input is closed; give --input FILE")
+    if output is None and sys.stdout is None:
+        raise NmtError("standard output is closed; give --output FILE")
+    for option, path in (("--attention-stats", stats), ("--attention", pictures)):
+        if path is not None and str(path) == "-":
+            raise NmtError(f"{option} -: give a file or folder name (standard output holds the translations)")
+    _check_distinct({"--model": model, "--input": input}, {"--output": output, "--attention-stats": stats,
+                                                          "--alignments": None if alignments in (None, "-")
+                                                          else Path(alignments)})
+
+
 def _check_distinct(inputs: dict, outputs: dict) -> None:
     """Before anything is opened: no output file may be an input (the checkpoint or the text) or
     another output (opening it for writing would empty it, or two streams would interleave in it)."""
@@ -111,13 +133,7 @@ def _check_distinct(inputs: dict, outputs: dict) -> None:
 
 
 def _open_io(input: Path | None, output: Path | None):
-    """The input (bytes) and output (UTF-8 text) streams."""
-    from nmt.errors import NmtError
-
-    if not output and sys.stdout is None:  # started with its standard output closed
-        raise NmtError("standard output is closed; give --output FILE")
-    if not input and sys.stdin is None:
-        raise NmtError("standard input is closed; give --input FILE")
+    """The input (bytes) and output (UTF-8 text) streams (checked by :func:`_check_paths`)."""
     out = _open_write(output, "--output") if output else sys.stdout
     if not output and hasattr(sys.stdout, "reconfigure"):
         try:  # UTF-8 whatever the locale (the input is read as UTF-8 too); never a crash mid-stream

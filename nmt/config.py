@@ -185,6 +185,8 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
             raise NmtError(f"{path}: not valid TOML ({e}); fix the syntax") from None
         except json.JSONDecodeError as e:
             raise NmtError(f"{path}: not valid JSON ({e}); fix the syntax") from None
+        if not isinstance(raw, dict):
+            raise NmtError(f"{path}: a config is a table of sections (data, model, train), not {type(raw).__name__}")
     for section, values in parse_overrides(overrides or []).items():
         raw.setdefault(section, {}).update(values)
     sections = ("data", "model", "train")
@@ -203,3 +205,13 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
         model=from_dict(model_cls, model_raw, "model"),
         train=from_dict(TrainConfig, raw.get("train", {}), "train"),
     )
+
+
+def model_differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
+    """The ``model`` keys whose values differ between two model configs (lists and tuples compare
+    equal), split into those that leave the weights' meaning alone (names ending in ``dropout``)
+    and all others."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
+    keys = [k for k in sorted(set(saved) | set(now))
+            if plain.get(k) != (list(now[k]) if isinstance(now.get(k), tuple) else now.get(k))]
+    return [k for k in keys if k.endswith("dropout")], [k for k in keys if not k.endswith("dropout")]

@@ -3,10 +3,11 @@
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (at most 32 MB by default) with a fresh ``mmap``
 and unmaps them on free, so every training step that makes a (tokens x vocabulary) tensor pays for
 page faults on tens of megabytes. Raising the threshold and the trim threshold lets the heap keep
-and reuse that memory. Measured with ``bench/train_throughput.py`` (which calls this as ``nmt train``
-does; ``NMT_KEEP_FREED_MEMORY=0`` for the other side): on a 2-core Intel CPU Transformer 2,047 ->
-2,451 target tokens/s (+20%), LSTM 3,147 -> 3,322 (+6%), for 80-270 MB more peak RSS; on the 2-core
-AMD EPYC, two alternating rounds, Transformer 1,678 / 1,903 -> 1,891 / 2,075 (+9-13%), peak RSS the same.
+and reuse that memory. On a 2-core Intel CPU (recorded as measured with ``bench/train_throughput.py``,
+which did not make this call then; how that run made it is not recorded): Transformer 2,047 ->
+2,451 target tokens/s (+20%), LSTM 3,147 -> 3,322 (+6%), for 80-270 MB more peak RSS. On the 2-core AMD EPYC, with the script
+now calling it as ``nmt train`` does and ``NMT_KEEP_FREED_MEMORY=0`` for the other side, two
+alternating rounds: Transformer 1,678 / 1,903 -> 1,891 / 2,075 (+9-13%), peak RSS the same.
 For the decoding commands also one malloc arena for all threads: the search threads
 (``SearchOptions.workers``) then share the memory kept instead of each keeping its own (beam 5 with
 two workers, 1,000 sentences: peak RSS 499-542 -> 466-475 MB). Training keeps glibc's arenas (one

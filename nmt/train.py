@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
-from nmt.config import RunConfig
+from nmt.config import RunConfig, model_differences
 from nmt.data import Batch, ParallelIds, epoch_batches
 from nmt.device import amp_warning, autocast, check_amp, pick_device
 from nmt.distributed import Dist
@@ -142,16 +142,8 @@ class Trainer:
         if not path.exists():
             raise NmtError(f"{path}: nothing to resume; train without --resume first")
         ckpt = load_checkpoint(path, mmap=False)  # all of it is needed, and kept for the whole run
-        if ckpt["kind"] != self.cfg.model_kind:
-            raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
-        differs = config_differences(ckpt["model_config"], asdict(self.cfg.model))
-        try:
-            self.model.load_state_dict(ckpt["weights"])
-        except RuntimeError:  # other shapes or parameters
-            raise NmtError(f"{path}: the config's model does not fit the checkpoint's ({differs or 'other weights'});"
-                           f" resume without -c to use the run's own {self.out / 'config.json'}") from None
-        if differs:  # the same weights, other settings (dropout, say): the config's apply from here on
-            self.log(f"note: model settings differ from {path}'s, continuing with the config's: {differs}")
+        self._check_fits(path, ckpt)
+        self.model.load_state_dict(ckpt["weights"])
         t = ckpt.get("training")
         if t is None:
             raise NmtError(f"{path}: has no training state to resume from")
@@ -162,6 +154,22 @@ class Trainer:
             self.scaler.load_state_dict(t["scaler"])
         set_rng_state(t["rng"])
         self.log(f"resumed from {path} at update {self.step} (epoch {self.epoch + 1}, batch {self.position})")
+
+    def _check_fits(self, path: Path, ckpt: dict) -> None:
+        """The config's model must be the checkpoint's (kind, every setting but dropout: even where
+        the weights would load, as with other heads, they would mean something else) and so must
+        its SentencePiece model; another dropout applies from here on, with a note."""
+        if ckpt["kind"] != self.cfg.model_kind:
+            raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
+        saved, now = ckpt["model_config"], asdict(self.cfg.model)
+        dropouts, others = model_differences(saved, now)
+        if others:
+            raise NmtError(f"{path}: the config's model differs from the checkpoint's ({_differences(others, saved, now)})"
+                           f"; resume without -c to use the run's own {self.out / 'config.json'}")
+        if bytes(ckpt["spm_model"].numpy()) != self.spm_bytes:
+            raise NmtError(f"{path}: data.dir {self.cfg.data.dir} has another SentencePiece model than the run's")
+        if dropouts:
+            self.log(f"note: continuing with other dropout than {path}'s: {_differences(dropouts, saved, now)}")
 
     # -- one update ----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -228,7 +236,9 @@ class Trainer:
         for stale in self.out.glob(".*.pt.*.tmp"):  # a write torn by kill -9; the real file is intact
             stale.unlink(missing_ok=True)
         if self.dist.is_main:
-            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            settings = self.cfg.to_dict()  # data.dir absolute, so that --resume works from any folder
+            settings["data"]["dir"] = str(Path(settings["data"]["dir"]).resolve())
+            (self.out / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"{self.cfg.model_kind}: {n_params:,} parameters, {len(self.train_data):,} training pairs, "
                  f"device {self.device}, {torch.get_num_threads()} threads, amp {self.tc.amp}")
@@ -369,13 +379,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     return Trainer(config, out_dir, resume).run()
 
 
-def config_differences(saved: dict, now: dict, limit: int = 3) -> str:
-    """``"model.d_model 64 in the checkpoint, 256 now, ..."`` for the keys whose values differ
-    (lists and tuples compare equal); empty when none do."""
-    plain = lambda v: list(v) if isinstance(v, tuple) else v
-    keys = [k for k in sorted(set(saved) | set(now)) if plain(saved.get(k)) != plain(now.get(k))]
-    parts = [f"model.{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys[:limit]]
-    return "; ".join(parts) + (f"; {len(keys) - limit} more" if len(keys) > limit else "")
+def _differences(keys: list[str], saved: dict, now: dict) -> str:
+    return "; ".join(f"model.{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys)
 
 
 def config_summary(config: RunConfig) -> str:

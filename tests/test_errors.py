@@ -38,7 +38,8 @@ def test_output_is_the_checkpoint(trained_small, tmp_path, option):
     model = tmp_path / "m.pt"
     shutil.copy(trained_small / "best.pt", model)
     before = model.read_bytes()
-    r = invoke("translate", "-m", model, option, tmp_path / "." / "m.pt", input="Ein Hund.\n")
+    (tmp_path / "sub").mkdir()
+    r = invoke("translate", "-m", model, option, tmp_path / "sub" / ".." / "m.pt", input="Ein Hund.\n")
     assert r.exit_code == 1 and f"{option} " in r.output and "same file as --model" in r.output
     assert r.output.count("\n") == 1 and model.read_bytes() == before
 
@@ -200,3 +201,15 @@ def test_unknown_device_is_a_config_error():
     with pytest.raises(NmtError, match="unknown train.device 'gpu'"):
         load_config(None, ['train.device="gpu"'])
     assert load_config(None, ['train.device="cuda:1"']).train.device == "cuda:1"
+
+
+def test_json_config_must_be_a_table(tmp_path):
+    """A run's config.json loads like a TOML config; anything but a table of sections is one line."""
+    good = tmp_path / "config.json"
+    good.write_text('{"model": {"kind": "transformer", "heads": 2, "d_model": 32}, "train": {"adam_betas": [0.9, 0.98]}}')
+    cfg = load_config(good)
+    assert cfg.model.heads == 2 and cfg.train.adam_betas == (0.9, 0.98)
+    for text, message in (("[1, 2]", "not list"), ("{", "not valid JSON")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(NmtError, match=message):
+            load_config(tmp_path / "bad.json")

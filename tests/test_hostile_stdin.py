@@ -95,3 +95,31 @@ def test_closed_standard_output_is_a_one_line_error(trained_small, tmp_path):
                         "-i", str(src)], stdout=None, stderr=subprocess.PIPE, text=True, timeout=120,
                        preexec_fn=lambda: os.close(1))
     assert r.returncode == 1 and r.stderr == "nmt: error: standard output is closed; give --output FILE\n", r.stderr
+
+
+def test_closed_standard_input_empties_no_output_file(trained_small, tmp_path):
+    """Started with fd 0 closed and ``-o`` an existing file: one line, exit 1, the file untouched."""
+    import os
+
+    out = tmp_path / "keep.en"
+    out.write_text("precious\n")
+    r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(trained_small / "best.pt"),
+                        "-o", str(out)], stdin=None, stderr=subprocess.PIPE, text=True, timeout=120,
+                       preexec_fn=lambda: os.close(0))
+    assert r.returncode == 1 and r.stderr == "nmt: error: standard input is closed; give --input FILE\n", r.stderr
+    assert out.read_text() == "precious\n"
+
+
+def test_input_from_a_pipe(trained_small, tmp_path):
+    """``-i <(zcat x.gz)``: a named pipe is an input like a file."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("Ein Hund.\n\nZwei Männer.\n"))
+    writer.start()
+    r = runner.invoke(app, ["translate", "-m", str(trained_small / "best.pt"), "--beam", "1", "-i", str(fifo)])
+    writer.join(timeout=30)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("\n") == 3 and r.stdout.split("\n")[1] == ""

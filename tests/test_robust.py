@@ -77,9 +77,14 @@ def test_resume_continues_with_the_runs_own_config(tmp_path, prepared_small):
     r = invoke("-c", str(Path(__file__).parents[1] / "configs/transformer.toml"), "-d", str(prepared_small), "--set", "train.max_steps=4")
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert "model.d_model 32 in the checkpoint, 256 now" in r.output and "config.json" in r.output
+    r = invoke("--set", "model.heads=4", "--set", "train.max_steps=4")  # the weights would load, meaning else
+    assert r.exit_code == 1 and "model.heads 2 in the checkpoint, 4 now" in r.output, r.output
     r = invoke("--set", "model.dropout=0.3", "--set", "train.max_steps=4")
     assert r.exit_code == 0 and "model.dropout 0.1 in the checkpoint, 0.3 now" in r.output, r.output
     assert load_checkpoint(out / "last.pt")["meta"]["step"] == 4
+    assert json.loads((out / "config.json").read_text())["data"]["dir"] == str(prepared_small.resolve())
+    r = CliRunner().invoke(app, ["train", "-o", str(tmp_path / "elsewhere"), "--resume"])
+    assert r.exit_code == 1 and "config.json not found: nothing to resume there" in r.output, r.output
 
 
 def test_fp16_on_a_cpu_fails_before_anything_is_built(tmp_path, monkeypatch):
