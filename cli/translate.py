@@ -133,14 +133,16 @@ def _check_distinct(inputs: dict, outputs: dict) -> None:
 
 
 def _open_io(input: Path | None, output: Path | None):
-    """The input (bytes) and output (UTF-8 text) streams (checked by :func:`_check_paths`)."""
+    """The input (bytes) and output (UTF-8 text) streams (checked by :func:`_check_paths`; the
+    input opened first, so that an input that fails still empties no output)."""
+    src = _open_read(input) if input else sys.stdin.buffer
     out = _open_write(output, "--output") if output else sys.stdout
     if not output and hasattr(sys.stdout, "reconfigure"):
         try:  # UTF-8 whatever the locale (the input is read as UTF-8 too); never a crash mid-stream
             sys.stdout.reconfigure(encoding="utf-8", errors="replace")
         except (ValueError, OSError):
             pass
-    return (_open_read(input) if input else sys.stdin.buffer), out
+    return src, out
 
 
 def _open_read(path: Path):
