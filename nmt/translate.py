@@ -164,13 +164,30 @@ def search_batch(model, opt: SearchOptions, device: torch.device, seqs: list[lis
                            need_attention, opt.coverage_penalty)
 
 
+def search_in_halves(search: Callable[[list], list], seqs: list, warn: Callable[[], None] = lambda: None) -> list:
+    """``search(seqs)``; when that runs out of (GPU) memory, each half of ``seqs`` on its own, down
+    to one sentence, whose failure is a one-line error. The results are in ``seqs``' order either way."""
+    from nmt.errors import NmtError
+
+    try:
+        return search(seqs)
+    except torch.OutOfMemoryError:
+        if len(seqs) == 1:
+            raise NmtError("out of memory on a single sentence; try --device cpu or a smaller --beam") from None
+    warn()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = len(seqs) // 2
+    return search_in_halves(search, seqs[:half], warn) + search_in_halves(search, seqs[half:], warn)
+
+
 class Translator:
     """Holds a model, its vocabulary and search options; translates lists of lines."""
 
     def __init__(self, model, vocab, options: SearchOptions = SearchOptions(), device="cpu",
                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
         self.model, self.vocab, self.opt, self.device, self.warn = model, vocab, options, torch.device(device), warn
-        self._warned_long = False
+        self._warned_long = self._warned_memory = False
         autocast(self.device, options.amp, "--amp")  # an unknown or unusable --amp fails here, before any input
         check_amp(model, self.device, options.amp, "--amp")
         if (warning := amp_warning(self.device, options.amp, "--amp")) is not None:
@@ -203,12 +220,19 @@ class Translator:
         batches = [[order[i] for i in chunk] for chunk in length_batches([len(ids[j]) for j in order], size, budget)]
 
         workers = decode_workers(self.opt.workers, self.device, torch.get_num_threads())
-        search = partial(search_batch, self.model, self.opt, self.device, need_attention=need_attention)
+        search = partial(search_in_halves, partial(search_batch, self.model, self.opt, self.device,
+                                                   need_attention=need_attention), warn=self._warn_memory)
         found = map_in_threads(search, [[ids[j] for j in chunk] for chunk in batches], workers)
         for chunk, out in zip(batches, found):
             for row, j in enumerate(chunk):
                 results[todo[j]] = out[row]
         return results
+
+    def _warn_memory(self) -> None:
+        if not self._warned_memory:
+            self._warned_memory = True
+            self.warn("warning: out of memory on a decoding batch: searching it in halves (a lower --batch-tokens "
+                      "avoids the retries)")
 
     def translate(self, lines: list[str]) -> list[str]:
         """One detokenised translation per line (empty for empty input)."""

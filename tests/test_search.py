@@ -219,6 +219,34 @@ def test_translator_batches_by_the_limits(monkeypatch):
     assert sorted(sizes) == [3, 5]
 
 
+def test_out_of_memory_searches_the_batch_in_halves(monkeypatch):
+    """A batch that runs out of memory is searched in halves (recursively), results in order, one
+    warning; a single sentence that does not fit is a one-line error."""
+    import nmt.translate as tr_mod
+    from nmt.errors import NmtError
+    from nmt.translate import SearchOptions, Translator
+
+    sizes, limit = [], {"n": 3}
+
+    def fake_search(model, opt, device, seqs, need_attention=False):
+        sizes.append(len(seqs))
+        if len(seqs) > limit["n"]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [[tr_mod.Hypothesis([seq[0]], 0.0)] for seq in seqs]
+
+    monkeypatch.setattr(tr_mod, "search_batch", fake_search)
+    vocab = type("V", (), {"encode": lambda self, xs: [[int(x)] for x in xs]})()
+    warnings = []
+    tr = Translator(torch.nn.Linear(1, 1), vocab, SearchOptions(beam=1, workers=1, batch_size=8), warn=warnings.append)
+    lines = [str(i) for i in range(10, 18)]
+    hyps = tr.hypotheses(lines)
+    assert [h[0].tokens for h in hyps] == [[int(x)] for x in lines]
+    assert sizes == [8, 4, 2, 2, 4, 2, 2] and len(warnings) == 1 and "in halves" in warnings[0]
+    limit["n"] = 0
+    with pytest.raises(NmtError, match="out of memory on a single sentence"):
+        tr.hypotheses(["5"])
+
+
 def test_map_in_threads_keeps_order_shares_threads_and_restores_them():
     import threading
 
