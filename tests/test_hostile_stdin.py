@@ -85,29 +85,20 @@ def test_interactive_producer_gets_answers_before_eof(trained_small):
                 p.kill()
 
 
-def test_closed_standard_output_is_a_one_line_error(trained_small, tmp_path):
-    """Started with fd 1 closed (``nmt translate ... >&-``): one line on stderr, exit 1, no traceback."""
+@pytest.mark.parametrize("fd, option, message", [(1, "-i", "standard output is closed; give --output FILE"),
+                                                 (0, "-o", "standard input is closed; give --input FILE")])
+def test_closed_standard_stream_is_a_one_line_error(trained_small, tmp_path, fd, option, message):
+    """Started with fd 0 or 1 closed (``nmt translate ... >&-``): one line on stderr, exit 1, no
+    traceback, and the file given for the other side untouched."""
     import os
 
-    src = tmp_path / "in.de"
-    src.write_text("Ein Hund.\n")
+    given = tmp_path / "file"
+    given.write_text("Ein Hund.\n")
     r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(trained_small / "best.pt"),
-                        "-i", str(src)], stdout=None, stderr=subprocess.PIPE, text=True, timeout=120,
-                       preexec_fn=lambda: os.close(1))
-    assert r.returncode == 1 and r.stderr == "nmt: error: standard output is closed; give --output FILE\n", r.stderr
-
-
-def test_closed_standard_input_empties_no_output_file(trained_small, tmp_path):
-    """Started with fd 0 closed and ``-o`` an existing file: one line, exit 1, the file untouched."""
-    import os
-
-    out = tmp_path / "keep.en"
-    out.write_text("precious\n")
-    r = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "-m", str(trained_small / "best.pt"),
-                        "-o", str(out)], stdin=None, stderr=subprocess.PIPE, text=True, timeout=120,
-                       preexec_fn=lambda: os.close(0))
-    assert r.returncode == 1 and r.stderr == "nmt: error: standard input is closed; give --input FILE\n", r.stderr
-    assert out.read_text() == "precious\n"
+                        option, str(given)], stderr=subprocess.PIPE, text=True, timeout=120,
+                       preexec_fn=lambda: os.close(fd))
+    assert r.returncode == 1 and r.stderr == f"nmt: error: {message}\n", r.stderr
+    assert given.read_text() == "Ein Hund.\n"
 
 
 def test_input_from_a_pipe(trained_small, tmp_path):
