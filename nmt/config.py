@@ -211,7 +211,10 @@ def model_differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     """The ``model`` keys whose values differ between two model configs (lists and tuples compare
     equal), split into those that leave the weights' meaning alone (names ending in ``dropout``)
     and all others."""
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
-    keys = [k for k in sorted(set(saved) | set(now))
-            if plain.get(k) != (list(now[k]) if isinstance(now.get(k), tuple) else now.get(k))]
+    keys = [k for k in sorted(set(saved) | set(now)) if _plain(saved.get(k)) != _plain(now.get(k))]
     return [k for k in keys if k.endswith("dropout")], [k for k in keys if not k.endswith("dropout")]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a config read from JSON has lists where the dataclass has tuples)."""
+    return list(value) if isinstance(value, tuple) else value
