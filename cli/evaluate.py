@@ -46,9 +46,12 @@ def evaluate(
             from nmt.device import pick_device
             from nmt.translate import SearchOptions, Translator
 
+            sources, refs = read_lines(src), read_lines(ref)
+            if len(sources) != len(refs):  # before translating them all
+                raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
             net, vocab = model_from_checkpoint(load_checkpoint(model))
-            hyps = Translator(net.to(dev), vocab, SearchOptions(beam=beam), device=dev).translate(read_lines(src))
+            hyps = Translator(net.to(dev), vocab, SearchOptions(beam=beam), device=dev).translate(sources)
         result = score(hyps, read_lines(ref), ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
         if as_json:
             typer.echo(json.dumps({k: {"score": v["score"], "signature": v["signature"]} for k, v in result.items()}))

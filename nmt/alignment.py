@@ -48,10 +48,12 @@ def select_heads(attention: Tensor, layer: int = -1, heads: list[int] | None = N
 
 def pharaoh(weights: Tensor) -> str:
     """Hard alignment ``(T_words, S_words)`` -> ``"s-t s-t ..."``: each target word to its argmax
-    source word, sorted by source then target index (Pharaoh format, 0-based)."""
+    source word, sorted by source then target index (Pharaoh format, 0-based). A target word that
+    attended nothing (an all-zero row: monotonic attention that stopped nowhere) stays unaligned."""
     if weights.numel() == 0:
         return ""
-    links = sorted((int(s), t) for t, s in enumerate(weights.argmax(1).tolist()))
+    best, where = weights.max(1)
+    links = sorted((int(s), t) for t, (s, w) in enumerate(zip(where.tolist(), best.tolist())) if w > 0)
     return " ".join(f"{s}-{t}" for s, t in links)
 
 
@@ -68,7 +70,7 @@ def attention_stats(weights: Tensor, threshold: float = 0.5) -> dict:
         return {"entropy": 0.0, "unattended": 0.0, "repeated": 0.0, "src_words": weights.shape[1],
                 "tgt_words": weights.shape[0]}
     rows = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
-    entropy = float(-(rows * rows.clamp_min(1e-12).log()).sum(1).mean())
+    entropy = float(-(rows * rows.clamp_min(1e-12).log()).sum(1).mean()) + 0.0  # + 0.0: no -0.0
     above = (weights > threshold).sum(0)  # (S_words,)
     s = weights.shape[1]
     return {

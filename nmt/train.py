@@ -84,6 +84,8 @@ class Trainer:
         self.cfg, self.tc, self.out = config, config.train, Path(out_dir)
         self.dist = Dist.from_env(self.tc.device)
         self.log = log or (lambda m: print(m, file=sys.stderr))
+        if not self.dist.is_main:  # under torchrun only rank 0 reports (errors still end every rank)
+            self.log = lambda m: None
         self.device = self.dist.device if self.dist.enabled else pick_device(self.tc.device)
         autocast(self.device, self.tc.amp)  # an amp this device cannot run fails here, before anything is built
         if self.tc.threads:

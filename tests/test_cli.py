@@ -132,6 +132,9 @@ def test_evaluate_line_mismatch(tmp_path):
     (tmp_path / "r").write_text("a\n")
     r = invoke("evaluate", "--hyp", tmp_path / "h", "--ref", tmp_path / "r")
     assert r.exit_code == 1 and "hypotheses have 2 lines but references have 1" in r.output
+    (tmp_path / "m.pt").write_bytes(b"not read: the line counts are compared first")
+    r = invoke("evaluate", "-m", tmp_path / "m.pt", "--src", tmp_path / "h", "--ref", tmp_path / "r")
+    assert r.exit_code == 1 and r.output == "nmt: error: --src has 2 lines but --ref has 1; they must match\n"
 
 
 def test_unknown_config_key_lists_valid_keys(tmp_path, prepared_small):

@@ -75,3 +75,17 @@ def test_zero_bridge_and_invalid_configs():
         LSTMConfig(score="cosine")
     with pytest.raises(ValueError, match="embed_size == hidden_size"):
         LSTMConfig(embed_size=8, hidden_size=16)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("location_filters", -1, "model.location_filters must be >= 0"),
+    ("monotonic_chunk", -2, "model.monotonic_chunk must be >= 0"),
+    ("attention_hidden", -5, "model.attention_hidden must be >= 0"),
+    ("monotonic_noise", -1.0, "model.monotonic_noise must be >= 0"),
+    ("hard_entropy", -1.0, "model.hard_entropy must be >= 0"),
+    ("heads", 0, "model.heads must be >= 1"),
+])
+def test_out_of_range_family_settings_fail_in_the_config(key, value, message):
+    """Before any tensor is built (they used to fail as negative tensor dimensions mid-build)."""
+    with pytest.raises(ValueError, match=message):
+        LSTMConfig(**{key: value})

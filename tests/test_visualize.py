@@ -36,6 +36,8 @@ def test_pharaoh_diagonal_and_stats():
     eye = torch.eye(4)
     assert pharaoh(eye) == "0-0 1-1 2-2 3-3"
     assert pharaoh(torch.eye(4).flip(1)) == "0-3 1-2 2-1 3-0"
+    stopped = torch.tensor([[0.0, 0, 0], [0, 0, 1.0], [0, 0, 0]])  # monotonic: rows 0 and 2 attended nothing
+    assert pharaoh(stopped) == "2-1" and str(attention_stats(stopped)["entropy"]) == "0.0"
     s = attention_stats(eye)
     assert s["entropy"] == 0 and s["unattended"] == 0 and s["repeated"] == 0
     rep = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
