@@ -84,6 +84,7 @@ def test_zero_bridge_and_invalid_configs():
     ("monotonic_noise", -1.0, "model.monotonic_noise must be >= 0"),
     ("hard_entropy", -1.0, "model.hard_entropy must be >= 0"),
     ("heads", 0, "model.heads must be >= 1"),
+    ("monotonic_chunk", 3, "model.monotonic_chunk needs model.monotonic = true"),  # else silently unused
 ])
 def test_out_of_range_family_settings_fail_in_the_config(key, value, message):
     """Before any tensor is built (they used to fail as negative tensor dimensions mid-build)."""

@@ -93,6 +93,7 @@ class LSTMConfig:
                                          f"{self.attention_hidden}"),
             (self.location_filters >= 0, f"model.location_filters must be >= 0 (0 = off), got {self.location_filters}"),
             (self.monotonic_chunk >= 0, f"model.monotonic_chunk must be >= 0 (0 = off), got {self.monotonic_chunk}"),
+            (self.monotonic or not self.monotonic_chunk, "model.monotonic_chunk needs model.monotonic = true"),
             (self.monotonic_noise >= 0, f"model.monotonic_noise must be >= 0, got {self.monotonic_noise}"),
             (self.hard_entropy >= 0, f"model.hard_entropy must be >= 0, got {self.hard_entropy}"),
             (self.local in ("none", "p", "m"), f"model.local must be none, p or m, got {self.local!r}"),
