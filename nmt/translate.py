@@ -164,7 +164,8 @@ def search_batch(model, opt: SearchOptions, device: torch.device, seqs: list[lis
                            need_attention, opt.coverage_penalty)
 
 
-def search_in_halves(search: Callable[[list], list], seqs: list, warn: Callable[[], None] = lambda: None) -> list:
+def search_in_halves(search: Callable[[list], list], seqs: list,
+                     warn: Callable[[], None] = lambda: None) -> list:
     """``search(seqs)``; when that runs out of (GPU) memory, each half of ``seqs`` on its own, down
     to one sentence, whose failure is a one-line error. The results are in ``seqs``' order either way."""
     from nmt.errors import NmtError
@@ -187,7 +188,7 @@ class Translator:
     def __init__(self, model, vocab, options: SearchOptions = SearchOptions(), device="cpu",
                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
         self.model, self.vocab, self.opt, self.device, self.warn = model, vocab, options, torch.device(device), warn
-        self._warned_long = self._warned_memory = False
+        self._warned: set[str] = set()  # the warnings given once already
         autocast(self.device, options.amp, "--amp")  # an unknown or unusable --amp fails here, before any input
         check_amp(model, self.device, options.amp, "--amp")
         if (warning := amp_warning(self.device, options.amp, "--amp")) is not None:
@@ -198,9 +199,7 @@ class Translator:
         out = []
         for seq in ids:
             if len(seq) > self.opt.max_src_tokens:
-                if not self._warned_long:
-                    self.warn(f"warning: input lines longer than {self.opt.max_src_tokens} pieces are truncated")
-                    self._warned_long = True
+                self._warn_once(f"warning: input lines longer than {self.opt.max_src_tokens} pieces are truncated")
                 seq = seq[: self.opt.max_src_tokens]
             out.append(seq + [EOS_ID])
         return out
@@ -221,18 +220,19 @@ class Translator:
 
         workers = decode_workers(self.opt.workers, self.device, torch.get_num_threads())
         search = partial(search_in_halves, partial(search_batch, self.model, self.opt, self.device,
-                                                   need_attention=need_attention), warn=self._warn_memory)
+                                                   need_attention=need_attention),
+                         warn=partial(self._warn_once, "warning: out of memory on a decoding batch: searching it in "
+                                                       "halves (a lower --batch-tokens avoids the retries)"))
         found = map_in_threads(search, [[ids[j] for j in chunk] for chunk in batches], workers)
         for chunk, out in zip(batches, found):
             for row, j in enumerate(chunk):
                 results[todo[j]] = out[row]
         return results
 
-    def _warn_memory(self) -> None:
-        if not self._warned_memory:
-            self._warned_memory = True
-            self.warn("warning: out of memory on a decoding batch: searching it in halves (a lower --batch-tokens "
-                      "avoids the retries)")
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self.warn(message)
 
     def translate(self, lines: list[str]) -> list[str]:
         """One detokenised translation per line (empty for empty input)."""
