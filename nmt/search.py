@@ -3,7 +3,8 @@
 Both functions see a model only through ``encode / init_state / step``, :func:`reorder` and
 :func:`reorder_beams` (see :mod:`nmt.models`: state entries named ``src_*`` are per sentence), so a
 new model needs no change here. Beam search is batched over
-sentences and beams, moves a hypothesis that ends out of the beam (every row the model computes
+sentences and beams, runs its first step on one row per sentence (the ``k`` beams are still one
+hypothesis there), moves a hypothesis that ends out of the beam (every row the model computes
 extends a live hypothesis), follows back-pointers with tensor gathers, and drops a sentence from
 the batch as soon as its best ``n_best`` hypotheses are finished.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.models import reorder, reorder_beams
-from nmt.vocab import BOS_ID, EOS_ID
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -91,6 +93,11 @@ def beam_search(
     any model whose ``step`` returns non-negative attention (averaged over layers and heads); the
     attention of the step that emits EOS does not count as coverage (EOS translates no source
     word). With ``beam = 1`` and beta = 0 this is exactly greedy search.
+
+    The first step runs on one row per sentence: before it every beam would be BOS with score 0,
+    so ``k`` rows would compute the same thing (CTranslate2 does the same). Its ``k`` best
+    extensions become the ``k`` beams, and the state is copied out to ``k`` rows per sentence
+    then (the ``src_*`` entries too, unless the model shares them: ``shares_source_rows``).
     """
     n_best = min(n_best, beam)
     enc = model.encode(src)
@@ -99,31 +106,32 @@ def beam_search(
     src_len = src_mask.sum(1).tolist()
     n, k, dev = src.shape[0], beam, src.device
     shared = getattr(model, "shares_source_rows", False) and k > 1  # src_* entries: one row per sentence
-    state = _expand_beams(model.init_state(enc), k, shared)
+    state = model.init_state(enc)  # one row per sentence until the first step has made the k beams
     ids = torch.arange(n, device=dev)  # original sentence index of each live row
-    scores = torch.full((n, k), float("-inf"), device=dev)  # raw log P of each beam
-    scores[:, 0] = 0.0
+    scores = torch.zeros(n, 1, device=dev)  # raw log P of each beam: (n, kk), kk = 1 beam, then k
     best_done = torch.full((n, n_best), float("-inf"), device=dev)  # the n_best finished ranks so far
-    tokens = torch.full((n * k,), BOS_ID, dtype=torch.long, device=dev)
-    history = torch.zeros(n, k, 0, dtype=torch.long, device=dev)  # (n, k, t)
+    tokens = torch.full((n,), BOS_ID, dtype=torch.long, device=dev)
+    history = torch.zeros(n, 1, 0, dtype=torch.long, device=dev)  # (n, kk, t)
     attn_hist: Tensor | None = None  # (n, k, t, L, H, S)
-    coverage = torch.zeros(n, k, src.shape[1], device=dev) if beta > 0 else None  # (n, k, S)
+    coverage = torch.zeros(n, 1, src.shape[1], device=dev) if beta > 0 else None  # (n, kk, S)
     found: list[list[Hypothesis]] = [[] for _ in range(src.shape[0])]  # per sentence, its n_best so far
     arange_n = torch.arange(n, device=dev)[:, None]
 
     for t in range(int(limit.max())):
         logp, state, attn = model.step(tokens, state, need_attention or beta > 0)
-        logp = logp.view(n, k, -1)  # (n, k, V)
+        kk = scores.shape[1]  # beams per sentence in the state: 1 at the first step, then k
+        logp = logp.view(n, kk, -1)  # (n, kk, V)
         at_limit = t + 1 >= limit[ids]  # (n,)
-        cand, cand_tok, ranked, new_cov = _candidates(logp, scores, t + 1, at_limit, alpha, coverage, attn,
+        cand, cand_tok, ranked, new_cov = _candidates(logp, k, scores, t + 1, at_limit, alpha, coverage, attn,
                                                       src_mask[ids], beta)
         del logp  # (rows, V): gone before the next step makes its own
-        # the 2k best candidates hold at least k that do not end (a beam has one EOS candidate)
-        top_rank, top = ranked.view(n, -1).topk(2 * k, dim=1)  # (n, 2k), sorted best first
+        # the 2k best candidates hold at least k that do not end (a beam has one EOS candidate; at
+        # the first step there are only k + 1)
+        top_rank, top = ranked.view(n, -1).topk(min(2 * k, kk * (k + 1)), dim=1)  # (n, <= 2k), best first
         top_tok = cand_tok.view(n, -1).gather(1, top)
         ends = (top_tok == EOS_ID) & torch.isfinite(top_rank)
         ends[:, k:] = False  # only candidates among the k best finish (greedy for k = 1)
-        step_attn = attn.view(n, k, 1, *attn.shape[1:]) if need_attention else None  # (n, k, 1, L, H, S)
+        step_attn = attn.view(n, kk, 1, *attn.shape[1:]) if need_attention else None  # (n, kk, 1, L, H, S)
         if ends.any():
             best_done = _finish(found, ends, top, top_rank, cand_tok.shape[-1], ids, history, step_attn,
                                 attn_hist, best_done, src_len)
@@ -137,62 +145,61 @@ def beam_search(
         if need_attention:
             a = step_attn[arange_n, parent]
             attn_hist = a if attn_hist is None else torch.cat([attn_hist[arange_n, parent], a], 2)
-        rows = (arange_n * k + parent).view(-1)  # back-pointers, flat
+        rows = (arange_n * kk + parent).view(-1)  # back-pointers, flat: (n * k,)
         done = at_limit | (best_done[:, -1] >= top_rank[:, 0])  # (n,)
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
         kept = None
         if keep.numel() < n:  # drop finished sentences from the batch
-            kept = keep if shared else (keep[:, None] * k + torch.arange(k, device=dev)).view(-1)  # their rows
+            kept = keep if shared else (keep[:, None] * kk + torch.arange(kk, device=dev)).view(-1)  # their rows
             ids, scores, best_done, history, coverage, attn_hist, tok = _select(
                 keep, ids, scores, best_done, history, coverage, attn_hist, tok)
             rows = rows.view(n, k)[keep].view(-1)
             n = keep.numel()
             arange_n = torch.arange(n, device=dev)[:, None]
-        state = reorder_beams(state, rows, kept)
+        if kk < k and not shared:  # after the first step: src_* entries too, one row per sentence -> k
+            state = reorder(state, rows)
+        else:
+            state = reorder_beams(state, rows, kept)
         tokens = tok.view(-1)
     return found  # every sentence ends by its length limit
 
 
-def _expand_beams(state: dict[str, Tensor], k: int, shared: bool) -> dict[str, Tensor]:
-    """Each sentence's state row repeated for its ``k`` beams (sentence-major: row ``i * k + j``);
-    with ``shared`` the ``src_*`` entries keep one row per sentence (``shares_source_rows``)."""
-    first = next(iter(state.values()))  # every entry is batch-first: (n, ...)
-    per_beam = torch.arange(first.shape[0], device=first.device).repeat_interleave(k)
-    full = reorder({key: v for key, v in state.items() if not (shared and key.startswith("src_"))}, per_beam)
-    return {key: full.get(key, v) for key, v in state.items()}
-
-
-def _candidates(logp, scores, length, at_limit, alpha, coverage, attn, src_mask, beta):
-    """Each beam's best extensions. logp ``(n, k, V)``, scores ``(n, k)`` (raw log P so far),
+def _candidates(logp, k, scores, length, at_limit, alpha, coverage, attn, src_mask, beta):
+    """Each beam's ``k + 1`` best extensions (beam size ``k``). logp ``(n, kk, V)`` and scores
+    ``(n, kk)`` (raw log P so far) for the ``kk`` beams in the state (1 at the first step, then k),
     ``length`` the new length (EOS counted), at_limit ``(n,)``: those beams may only end.
 
     Returns ``cand`` (raw log P), ``cand_tok`` and ``ranked`` (the search's ranking score), each
-    ``(n, k, width)``, and the coverage after this step ``(n, k, S)`` (None without beta).
+    ``(n, kk, k + 1)``, and the coverage after this step ``(n, kk, S)`` (None without beta). A
+    vocabulary smaller than ``k + 1`` is padded with candidates of score -inf.
 
     Ranking adds a per-beam constant to log p and divides by a length penalty that is the same for
     all (every live beam has the same length), and the coverage penalty is per beam too, so each
     beam's ``k + 1`` best tokens are its only candidates (k that do not end, whether or not EOS is
-    among them): one pass over ``(n, k, V)``, then everything on ``(n, k, width)``. With coverage,
+    among them): one pass over ``(n, kk, V)``, then everything on ``(n, kk, k + 1)``. With coverage,
     EOS gets the penalty of the old coverage (never above the others': attention >= 0), so the
     ``k`` best others are still among each beam's ``k + 1`` best tokens.
     """
-    n, k, v = logp.shape
-    width = min(k + 1, v)
-    cand_lp, cand_tok = logp.topk(width, dim=-1)  # (n, k, width)
+    n, kk, v = logp.shape
+    width = k + 1
+    cand_lp, cand_tok = logp.topk(min(width, v), dim=-1)  # (n, kk, width)
+    if v < width:  # a vocabulary smaller than k + 1: the missing candidates can never be chosen
+        pad = (0, width - v)
+        cand_lp, cand_tok = F.pad(cand_lp, pad, value=float("-inf")), F.pad(cand_tok, pad, value=PAD_ID)
     forced = torch.full_like(cand_lp, float("-inf"))
     forced[..., 0] = logp[..., EOS_ID]
     cand_lp = torch.where(at_limit[:, None, None], forced, cand_lp)
     cand_tok = torch.where(at_limit[:, None, None], EOS_ID, cand_tok)
-    cand = scores[..., None] + cand_lp  # (n, k, width)
+    cand = scores[..., None] + cand_lp  # (n, kk, k + 1)
     ranked = cand / float(length_penalty(torch.tensor(length), alpha))  # the same for every live beam
     new_cov = None
     if coverage is not None:
         # The attention of this step counts for every token but EOS: EOS translates no source
         # word, and its (often diffuse) attention would lift every uncovered position off the
         # floor, rewarding hypotheses that stop.
-        new_cov = coverage + attn.float().mean((1, 2)).view(n, k, -1)  # (n, k, S)
+        new_cov = coverage + attn.float().mean((1, 2)).view(n, kk, -1)  # (n, kk, S)
         mask = src_mask[:, None]
         ranked = ranked + torch.where(cand_tok == EOS_ID, coverage_penalty(coverage, mask, beta)[..., None],
                                       coverage_penalty(new_cov, mask, beta)[..., None])

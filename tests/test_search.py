@@ -90,6 +90,17 @@ def test_no_row_extends_a_finished_hypothesis():
     assert sorted(m.fed[2]) == [4, 4, 5]  # last tokens of A.A, B.A and A.B
 
 
+def test_first_step_runs_one_row_per_sentence():
+    """Before the first step every beam is BOS with score 0: the model sees one row per sentence
+    there, then k rows per sentence (the state copied out), and the beams are the same as if all k
+    rows had been computed (A.A, A.B, B.A above)."""
+    m = Recording(SCRIPT)
+    hyps = beam_search(m, torch.tensor([[7, 3], [7, 3]]), beam=3, alpha=0.0, n_best=3, max_len_a=0, max_len_b=3)
+    assert [len(fed) for fed in m.fed] == [2, 6, 6]
+    assert m.fed[0] == [2, 2]  # BOS once per sentence
+    assert [h.tokens for h in hyps[1]] == [[5], [4], [4, 5]]
+
+
 def test_length_penalty_formula_and_ranking():
     assert float(length_penalty(torch.tensor(3), 1.0)) == pytest.approx(8 / 6)
     assert float(length_penalty(torch.tensor(7), 0.0)) == 1.0
