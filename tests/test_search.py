@@ -7,9 +7,11 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import random_batch, tiny_transformer
-from nmt.search import beam_search, greedy_search, length_penalty
+from nmt.search import beam_search, greedy_search, length_penalty, topk_last
 
 EOS = 3
 
@@ -335,3 +337,20 @@ def test_workers_give_the_same_hypotheses(kind):
     assert [t for x in runs[1] for t, _ in x] == [t for x in runs[2] for t, _ in x]
     assert [sc for x in runs[1] for _, sc in x] == pytest.approx([sc for x in runs[2] for _, sc in x], rel=1e-5)
     assert all(len(x) == 1 for x in runs[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 9), v=st.sampled_from([7993, 8000, 8192, 16000, 640, 50]), k=st.integers(1, 11),
+       seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+def test_topk_last_is_topk(rows, v, k, seed, ties):
+    """The two-pass top-k gives torch's values, best first, at indices that hold them: with ties
+    (values rounded to a few levels), -inf entries (a masked vocabulary) and unsplittable widths."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 2, v, generator=g)
+    if ties:
+        x = (x * 2).round()
+    x[:, :, torch.randint(0, v, (v // 3,), generator=g)] = float("-inf")
+    values, indices = topk_last(x, k)
+    assert torch.equal(values, x.topk(k, dim=-1).values)
+    assert torch.equal(x.gather(-1, indices), values)
+    assert (indices.sort(-1).values.diff(dim=-1) > 0).all()  # k different positions
