@@ -20,6 +20,8 @@ def evaluate(
     src: Annotated[Optional[Path], typer.Option("--src", exists=True, dir_okay=False, readable=True,
                                                 help="Source file (with --model).")] = None,
     beam: Annotated[int, typer.Option(min=1, help="Beam size when translating.")] = 5,
+    length_penalty: Annotated[float, typer.Option(help="When translating: GNMT length penalty alpha (0 = none).")] = 0.6,
+    coverage_penalty: Annotated[float, typer.Option(help="When translating: GNMT coverage penalty beta (0 = off).")] = 0.0,
     ter: Annotated[bool, typer.Option(help="Also compute TER.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -51,7 +53,8 @@ def evaluate(
                 raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
             net, vocab = model_from_checkpoint(load_checkpoint(model))
-            hyps = Translator(net.to(dev), vocab, SearchOptions(beam=beam), device=dev).translate(sources)
+            opts = SearchOptions(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
+            hyps = Translator(net.to(dev), vocab, opts, device=dev).translate(sources)
         result = score(hyps, read_lines(ref), ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
         if as_json:
             typer.echo(json.dumps({k: {"score": v["score"], "signature": v["signature"]} for k, v in result.items()}))

@@ -28,7 +28,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (bes
             f"format:         {ckpt['format_version']} (nmt {meta.get('toolkit_version', '?')})",
             f"model:          {ckpt['kind']}, {params:,} parameters",
             f"vocabulary:     {len(Vocab(ckpt['spm_model'].numpy().tobytes()))} SentencePiece pieces",
-            f"step:           {meta.get('step')} (epoch {_one_based(meta.get('epoch'))})",
+            f"step:           {meta.get('step')} (epoch {meta.get('update_epoch', _one_based(meta.get('epoch')))})",
             f"valid BLEU:     {meta.get('valid_bleu')} (best {meta.get('best_valid_bleu')})",
             f"training state: {'yes (resumable)' if 'training' in ckpt else 'no'}",
             "model config:   " + json.dumps(ckpt["model_config"]),
@@ -37,5 +37,6 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (bes
 
 
 def _one_based(epoch):
-    """The checkpoint keeps the 0-based epoch index; progress and metrics.jsonl count from 1."""
+    """Checkpoints before ``update_epoch`` keep only the 0-based index of the epoch being read;
+    progress and metrics.jsonl count from 1."""
     return epoch + 1 if isinstance(epoch, int) else epoch

@@ -173,10 +173,16 @@ def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, de
         raise NmtError(f"--align-heads expects comma-separated head numbers, got {heads!r}") from None
     if alignments or stats or pictures:
         check_heads(attention_shape(model, device), layer, head_list)
+    encoder_attention = encoder_self_attention(model, vocab, device) if encoder else None
+    if encoder and not pictures:
+        raise NmtError("--encoder-attention draws pictures: it needs --attention DIR")
+    if encoder_attention is not None and encoder_attention(".") is None:
+        raise NmtError("--encoder-attention: this model's encoder has no self-attention (an LSTM encoder); "
+                       "leave the option out")
     align_file = None if alignments in (None, "-") else _open_write(Path(alignments), "--alignments")
     return AttentionReport(
         vocab, picture_dir=pictures, alignments=align_file,
         stats=_open_write(stats, "--attention-stats") if stats else None,
-        layer=layer, heads=head_list, encoder_attention=encoder_self_attention(model, vocab, device) if encoder else None,
+        layer=layer, heads=head_list, encoder_attention=encoder_attention,
         inline_alignments=alignments == "-",
     )

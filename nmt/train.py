@@ -123,6 +123,11 @@ class Trainer:
         n = self.tc.valid_max_sentences or len(src)
         return src[:n], ref[:n]
 
+    def update_epoch(self) -> int:
+        """The epoch of the latest update, counted from 1 (``self.epoch`` is the 0-based index of
+        the epoch being read, which is one past the last after ``max_epochs``: position 0)."""
+        return self.epoch if self.position == 0 and self.epoch > 0 else self.epoch + 1
+
     # -- checkpoints ---------------------------------------------------------------------------
     def _training_state(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch,
@@ -134,7 +139,8 @@ class Trainer:
     def save(self, name: str, bleu: float | None = None) -> None:
         if not self.dist.is_main:
             return
-        meta = {"step": self.step, "epoch": self.epoch, "valid_bleu": bleu, "best_valid_bleu": self.best_bleu,
+        meta = {"step": self.step, "epoch": self.epoch, "update_epoch": self.update_epoch(), "valid_bleu": bleu,
+                "best_valid_bleu": self.best_bleu,
                 "train_pairs": len(self.train_data), "config": self.cfg.to_dict()}
         atomic_save(make_checkpoint(self.model, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
                     self.out / name)
@@ -272,7 +278,8 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr_at(self.step):.2e}", tok_s=f"{rate:.0f}",
                                         epoch=self.epoch + 1, **self._time_left())
-                        if metrics and self.step % self.tc.log_every == 0:
+                        last = bool(self.tc.max_steps) and self.step >= self.tc.max_steps
+                        if metrics and (self.step % self.tc.log_every == 0 or last):  # a short run logs its end too
                             metrics.write(json.dumps({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
                                                       "loss": loss, "ppl": math.exp(min(nll, 50)),
                                                       "lr": self.lr_at(self.step), "tgt_tok_s": round(rate, 1),
@@ -343,7 +350,7 @@ class Trainer:
                 if self.tc.schedule == "plateau" and self.plateau_bad >= self.tc.plateau_patience:
                     self.lr_scale *= self.tc.plateau_factor
                     self.plateau_bad = 0
-            result.update(kind="valid", step=self.step, epoch=self.epoch + 1, elapsed_s=round(self.elapsed, 1),
+            result.update(kind="valid", step=self.step, epoch=self.update_epoch(), elapsed_s=round(self.elapsed, 1),
                           best_bleu=self.best_bleu)
             metrics.write(json.dumps(result) + "\n")
             metrics.flush()

@@ -111,6 +111,14 @@ def test_train_translate_evaluate_end_to_end(tmp_path, prepared_small):
     assert r.exit_code == 0 and "transformer" in r.output and "parameters" in r.output
     assert {x["epoch"] for x in lines} == {1} and "(epoch 1)" in r.output  # counted from 1, as in metrics.jsonl
 
+    # evaluate -m searches as translate does with the same options
+    knobs = ["--beam", 2, "--length-penalty", 0.0, "--coverage-penalty", 0.5]
+    r = invoke("translate", "-m", run / "best.pt", "-i", src, "-o", hyp, *knobs)
+    assert r.exit_code == 0, r.output
+    ref = prepared_small / "test.ref"
+    direct = json.loads(invoke("evaluate", "-m", run / "best.pt", "--src", src, "--ref", ref, "--json", *knobs).stdout)
+    assert direct == json.loads(invoke("evaluate", "--hyp", hyp, "--ref", ref, "--json").stdout)
+
 
 def test_evaluate_matches_sacrebleu_cli(tmp_path, prepared_small):
     ref = prepared_small / "test.ref"

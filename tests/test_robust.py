@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from nmt.checkpoint import load_checkpoint
 from nmt.config import load_config
 from nmt.train import Trainer
+from nmt_cli.main import app
 
 TINY = ["model.d_model=32", "model.heads=2", "model.ff_size=64", "model.encoder_layers=1", "model.decoder_layers=1",
         "train.batch_tokens=300", "train.threads=1", "train.log_every=1", "train.valid_beam=1",
@@ -275,3 +277,17 @@ def test_torchrun_time_limit_is_agreed(tmp_path, prepared_small):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "reached train.max_minutes" in r.stderr
     assert load_checkpoint(tmp_path / "two" / "last.pt")["meta"]["step"] >= 1
+
+
+def test_short_runs_log_their_end_and_count_epochs_from_one(tmp_path, prepared_small):
+    """A run shorter than train.log_every still logs its last update; after train.max_epochs = 1 the
+    final validation and the checkpoint say epoch 1 (not 2: the epoch index is one past the last)."""
+    records = train_losses(prepared_small, tmp_path / "a", ["train.max_steps=3", "train.log_every=50"])
+    assert [r["step"] for r in records if r["kind"] == "train"] == [3]
+    records = train_losses(prepared_small, tmp_path / "b", ["train.max_epochs=1", "train.log_every=1000",
+                                                             "train.valid_every=100000"])
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["epoch"] for r in valid] == [1]
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["meta"]["update_epoch"] == 1
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "b" / "last.pt")])
+    assert r.exit_code == 0 and "(epoch 1)" in r.output, r.output

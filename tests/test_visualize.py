@@ -82,3 +82,9 @@ def test_lstm_alignments(tmp_path, prepared_small):
     assert r.exit_code == 0, r.output
     assert align.read_text().count("\n") == 1
     assert (tmp_path / "p" / "line00001.layer0.head1.svg").exists()
+    for extra, message in ((["--attention", str(tmp_path / "q")], "encoder has no self-attention"),
+                           ([], "needs --attention DIR")):
+        r = CliRunner().invoke(app, ["translate", "-m", str(tmp_path / "l.pt"), "--encoder-attention",
+                                     "-o", str(tmp_path / "out.txt"), *extra], input="Ein Hund.\n")
+        assert r.exit_code == 1 and message in r.output, r.output
+        assert not (tmp_path / "out.txt").exists() and not (tmp_path / "q").exists()  # refused before any output
