@@ -25,6 +25,10 @@ def prepare(
     model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram or bpe.")] = "unigram",
     max_words: Annotated[int, typer.Option(min=1, help="Drop training pairs with more words on a side.")] = 100,
     max_ratio: Annotated[float, typer.Option(min=1.0, help="Drop training pairs whose length ratio exceeds this.")] = 9.0,
+    train_align: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, readable=True,
+        help="Pharaoh word alignments of the training pairs (i-j, 0-based source-target, one line per pair; "
+             "fast_align/eflomal output) for train.guided_alignment.")] = None,
 ) -> None:
     """Clean parallel text and train one joint SentencePiece model; cache the encoded ids.
 
@@ -66,4 +70,4 @@ def prepare(
             valid = (valid_src, valid_tgt) if valid_src else None
             test = (test_src, test_tgt) if test_src else None
         options = PrepareOptions(vocab_size=vocab_size, model_type=model_type, max_words=max_words, max_ratio=max_ratio)
-        run(out, train, valid, test, langs, options, log=err)
+        run(out, train, valid, test, langs, options, log=err, train_align=train_align)

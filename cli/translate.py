@@ -38,8 +38,11 @@ def translate(
     encoder_attention: Annotated[bool, typer.Option(help="With --attention: also draw encoder self-attention.")] = False,
     alignments: Annotated[Optional[str], typer.Option(help="Pharaoh word alignments to FILE, or '-' for a TAB column.")] = None,
     attention_stats: Annotated[Optional[Path], typer.Option(help="Attention statistics as JSON lines to this file.")] = None,
-    align_layer: Annotated[int, typer.Option(help="Layer whose attention gives alignments/stats (-1 = last).")] = -1,
-    align_heads: Annotated[Optional[str], typer.Option(help="Heads to average for alignments, e.g. 0,2 (default all).")] = None,
+    align_layer: Annotated[Optional[int], typer.Option(
+        help="Layer whose attention gives alignments/stats (-1 = last; default: the one trained with "
+             "train.guided_alignment, else -1).")] = None,
+    align_heads: Annotated[Optional[str], typer.Option(
+        help="Heads to average for alignments, e.g. 0,2 (default: the guided head, else all).")] = None,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 
@@ -63,7 +66,11 @@ def translate(
             err(f"warning: --n-best {n_best} is more than --beam {beam}: "
                 f"{'one hypothesis' if beam == 1 else f'{beam} hypotheses'} per line")
         dev = pick_device(device)
-        net, vocab = model_from_checkpoint(load_checkpoint(model))
+        ckpt = load_checkpoint(model)
+        net, vocab = model_from_checkpoint(ckpt)
+        if align_layer is None and align_heads is None and (guided := guided_head(ckpt)) is not None:
+            align_layer, align_heads = guided[0], str(guided[1])  # the head trained to align
+        align_layer = -1 if align_layer is None else align_layer
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
@@ -91,6 +98,12 @@ def translate(
                 if f is not None and f is not sys.stdout:
                     f.close()
         common.SKIP_TEARDOWN["on"] = True  # all written and closed: the process may end at once (main.run)
+
+
+def guided_head(ckpt: dict) -> tuple[int, int] | None:
+    """``(layer, head)`` trained with ``train.guided_alignment`` (from the checkpoint's config), or None."""
+    train = ckpt.get("meta", {}).get("config", {}).get("train", {})
+    return (train.get("align_layer", -1), train.get("align_head", 0)) if train.get("guided_alignment", 0) > 0 else None
 
 
 def _check_paths(model: Path, input: Path | None, output: Path | None, stats: Path | None, alignments: str | None,

@@ -44,6 +44,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     coverage_loss: float = 0.0  # lambda of See et al.'s coverage loss (0 = off; any model returning attention)
+    guided_alignment: float = 0.0  # lambda of the supervised-attention loss (0 = off; needs nmt prepare --train-align)
+    align_layer: int = -1  # which decoder layer's attention it supervises (-1 = last; an LSTM has one)
+    align_head: int = 0  # and which head of it (read it with nmt translate --align-layer L --align-heads H)
     clip_norm: float = 1.0  # max gradient norm (0 = no clipping)
     max_steps: int = 0  # stop after this many updates (0 = no limit)
     max_epochs: int = 0  # stop after this many epochs (0 = no limit)
@@ -63,7 +66,8 @@ class TrainConfig:
     def __post_init__(self):
         positive = ("batch_tokens", "accumulate", "valid_every", "valid_beam", "log_every")
         not_negative = ("max_steps", "max_epochs", "max_minutes", "valid_max_sentences", "save_every", "patience",
-                        "threads", "clip_norm", "weight_decay", "coverage_loss", "plateau_patience", "min_lr")
+                        "threads", "clip_norm", "weight_decay", "coverage_loss", "plateau_patience", "min_lr",
+                        "guided_alignment", "align_head")
         checks = [
             *((getattr(self, k) >= 1, f"train.{k} must be >= 1, got {getattr(self, k)!r}") for k in positive),
             *((getattr(self, k) >= 0, f"train.{k} must be >= 0, got {getattr(self, k)!r}") for k in not_negative),

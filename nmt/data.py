@@ -21,25 +21,36 @@ MAX_TOKENS = 256  # longer training sequences are truncated to this many pieces
 
 @dataclass
 class Batch:
-    """src ``(B, S)`` with EOS, tgt_in ``(B, T)`` = BOS + y, tgt_out ``(B, T)`` = y + EOS; PAD-padded."""
+    """src ``(B, S)`` with EOS, tgt_in ``(B, T)`` = BOS + y, tgt_out ``(B, T)`` = y + EOS; PAD-padded.
+    align ``(B, T, S)``: the gold piece links (1 = linked; row t predicts tgt_out[t]) when the
+    corpus has alignments (:mod:`nmt.guided`), else None."""
 
     src: Tensor
     tgt_in: Tensor
     tgt_out: Tensor
+    align: Tensor | None = None
 
     @property
     def target_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in (self.src, self.tgt_in, self.tgt_out, self.align) if t is not None)
+
+    def apply(self, fn) -> "Batch":
+        """The same batch with ``fn`` applied to every tensor (a device move, pinning)."""
+        return Batch(fn(self.src), fn(self.tgt_in), fn(self.tgt_out), None if self.align is None else fn(self.align))
+
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.src, self.tgt_in, self.tgt_out)))
+        return self.apply(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 class ParallelIds:
-    """The encoded pairs of one split, kept as flat id tensors + offsets."""
+    """The encoded pairs of one split, kept as flat id tensors + offsets, and their gold piece
+    links (``{"links": (N, 2), "offsets"}``, :func:`nmt.guided.pack_links`) when given."""
 
-    def __init__(self, packed: dict):
-        self.src, self.tgt = packed["src"], packed["tgt"]
+    def __init__(self, packed: dict, links: dict | None = None):
+        self.src, self.tgt, self.links = packed["src"], packed["tgt"], links
         self.src_len = (self.src["offsets"][1:] - self.src["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
         self.tgt_len = (self.tgt["offsets"][1:] - self.tgt["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
 
@@ -47,7 +58,13 @@ class ParallelIds:
     def load(cls, path: Path) -> "ParallelIds":
         if not Path(path).exists():
             raise NmtError(f"{path}: not found; run `nmt prepare` first (or fix data.dir)")
-        return cls(torch.load(path, weights_only=True))
+        packed = torch.load(path, weights_only=True)
+        align = Path(path).with_name(Path(path).name.replace(".ids.pt", ".align.pt"))
+        links = torch.load(align, weights_only=True) if align.exists() else None
+        if links is not None and len(links["offsets"]) != len(packed["src"]["offsets"]):
+            raise NmtError(f"{align}: has links for {len(links['offsets']) - 1} pairs, not "
+                           f"{len(packed['src']['offsets']) - 1}; run nmt prepare again")
+        return cls(packed, links)
 
     def __len__(self) -> int:
         return len(self.src_len)
@@ -71,7 +88,14 @@ class ParallelIds:
             tin[row, 1 : len(t) + 1] = t
             tout[row, : len(t)] = t
             tout[row, len(t)] = EOS_ID
-        return Batch(src, tin, tout)
+        if self.links is None:
+            return Batch(src, tin, tout)
+        from nmt.guided import gold_matrix
+
+        offsets = self.links["offsets"]
+        links = [self.links["links"][int(offsets[i]) : int(offsets[i + 1])] for i in indices]
+        links = [l[(l < MAX_TOKENS - 1).all(1)] for l in links]  # none onto the EOS of a truncated sequence
+        return Batch(src, tin, tout, gold_matrix(links, t_len, s_len))  # align (B, T, S)
 
 
 def make_batches(

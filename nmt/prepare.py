@@ -5,6 +5,7 @@ Output folder::
     spm.model                 the joint SentencePiece model (also copied into every checkpoint)
     prepare.json              languages, options, counts kept/dropped per reason, vocab size
     train.ids.pt              encoded training pairs (compact: flat int16/int32 + offsets)
+    train.align.pt            (with --train-align) their gold links between pieces (nmt.guided)
     valid.ids.pt, valid.src, valid.ref     (when given) ids + cleaned text for BLEU
     test.ids.pt,  test.src,  test.ref      (when given)
 
@@ -94,6 +95,52 @@ def encode_split(vocab: Vocab, src: list[str], tgt: list[str]) -> dict[str, dict
     return {"src": pack(vocab.encode(src), len(vocab)), "tgt": pack(vocab.encode(tgt), len(vocab))}
 
 
+def _alignment_lines(path: Path, src: list[str], tgt: list[str]) -> list[list[tuple[int, int]]]:
+    """The Pharaoh links of every training pair, checked before anything is trained: one line per
+    pair, well formed, naming only words the pair has (an error names the line)."""
+    from nmt.guided import read_pharaoh
+
+    lines = read_lines(path)
+    if len(lines) != len(src):
+        raise NmtError(f"{path} has {len(lines)} lines but the training files have {len(src)}; "
+                       "--train-align needs one Pharaoh line per training pair")
+    out = []
+    for number, (line, s, t) in enumerate(zip(lines, src, tgt), 1):
+        try:
+            links = read_pharaoh(line)
+        except ValueError as e:
+            raise NmtError(f"{path}:{number}: {e}") from None
+        words = (len(s.split()), len(t.split()))
+        if any(i >= words[0] or j >= words[1] for i, j in links):
+            raise NmtError(f"{path}:{number}: a link names a word past the pair's {words[0]} source / {words[1]} "
+                           "target words (links are source-target, counted from 0)")
+        out.append(links)
+    return out
+
+
+def _piece_alignments(links: list[list[tuple[int, int]]], texts: tuple[list[str], list[str]], vocab: Vocab,
+                      encoded: dict) -> tuple[dict, int]:
+    """Word links of the kept pairs -> packed piece links (:mod:`nmt.guided`), and the number of
+    pairs left without links because SentencePiece's words (a piece starting with ▁ starts one)
+    are not the line's whitespace words there."""
+    from nmt.alignment import word_groups
+    from nmt.guided import pack_links, piece_links
+
+    def groups(side: dict, i: int) -> list[list[int]]:
+        a, b = int(side["offsets"][i]), int(side["offsets"][i + 1])
+        return word_groups(vocab.pieces(side["ids"][a:b].tolist()))
+
+    per_pair, skipped = [], 0
+    for i, pair_links in enumerate(links):
+        src_groups, tgt_groups = groups(encoded["src"], i), groups(encoded["tgt"], i)
+        if (len(src_groups), len(tgt_groups)) != (len(texts[0][i].split()), len(texts[1][i].split())):
+            per_pair.append([])
+            skipped += 1
+        else:
+            per_pair.append(piece_links(pair_links, src_groups, tgt_groups))
+    return pack_links(per_pair), skipped
+
+
 def prepare(
     out_dir: Path,
     train: tuple[Path, Path],
@@ -102,11 +149,14 @@ def prepare(
     langs: tuple[str, str] = ("src", "tgt"),
     options: PrepareOptions = PrepareOptions(),
     log=print,
+    train_align: Path | None = None,
 ) -> dict:
-    """Run the whole preparation; returns the summary also written to ``prepare.json``."""
+    """Run the whole preparation; returns the summary also written to ``prepare.json``.
+    ``train_align``: Pharaoh word alignments of the training pairs, one line per pair."""
     if options.model_type not in ("unigram", "bpe"):
         raise NmtError(f"unknown SentencePiece model type {options.model_type!r}; valid: unigram, bpe")
     src, tgt = read_parallel(*train)
+    align_links = _alignment_lines(train_align, src, tgt) if train_align else None
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
@@ -121,9 +171,17 @@ def prepare(
     (out_dir / "prepare.json").unlink(missing_ok=True)  # written last: its presence marks a finished prepare
     (out_dir / "spm.model").write_bytes(model_bytes)
     vocab = Vocab(model_bytes)
-    torch.save(encode_split(vocab, src, tgt), out_dir / "train.ids.pt")
+    encoded = encode_split(vocab, src, tgt)
+    torch.save(encoded, out_dir / "train.ids.pt")
     summary = {"langs": list(langs), "options": asdict(options), "vocab_size": len(vocab),
                "train": {"kept": len(keep), "dropped": dict(dropped)}}
+    (out_dir / "train.align.pt").unlink(missing_ok=True)  # an old one would not match these pairs
+    if align_links is not None:
+        packed, skipped = _piece_alignments([align_links[i] for i in keep], (src, tgt), vocab, encoded)
+        torch.save(packed, out_dir / "train.align.pt")
+        summary["train"]["aligned"] = len(keep) - skipped
+        log(f"train alignments: {len(keep) - skipped} pairs, {len(packed['links'])} piece links"
+            + (f" ({skipped} pairs whose words SentencePiece split differently get none)" if skipped else ""))
     for name, pair in (("valid", valid), ("test", test)):
         if pair is None:
             continue

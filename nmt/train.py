@@ -23,10 +23,11 @@ import torch
 
 from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from nmt.config import RunConfig, model_differences
-from nmt.data import Batch, ParallelIds, epoch_batches
+from nmt.data import ParallelIds, epoch_batches
 from nmt.device import amp_warning, autocast, check_amp, pick_device
 from nmt.distributed import Dist
 from nmt.errors import NmtError
+from nmt.guided import alignment_loss
 from nmt.loss import coverage_loss, fuse_output_projection, output_loss
 from nmt.models import build_model
 from nmt.schedules import SCHEDULES
@@ -105,6 +106,8 @@ class Trainer:
         torch.manual_seed(self.tc.seed)
         self.model = build_model(config.model_kind, config.model).to(self.device)
         check_amp(self.model, self.device, self.tc.amp)
+        if self.tc.guided_alignment > 0:
+            self._check_guided(data_dir)
         self.ddp_model = self.dist.wrap(self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, betas=self.tc.adam_betas,
                                     eps=1e-9, weight_decay=self.tc.weight_decay)
@@ -114,6 +117,18 @@ class Trainer:
         self.stop = Stop()
         if resume:
             self._resume()
+
+    def _check_guided(self, data_dir: Path) -> None:
+        """train.guided_alignment needs the corpus's alignments and a layer and head the model has."""
+        from nmt.report import attention_shape
+
+        if self.train_data.links is None:
+            raise NmtError(f"train.guided_alignment needs gold alignments: {data_dir}/train.align.pt is missing "
+                           "(nmt prepare --train-align FILE)")
+        layers, heads = attention_shape(self.model, self.device)
+        if not -layers <= self.tc.align_layer < layers or self.tc.align_head >= heads:
+            raise NmtError(f"train.align_layer {self.tc.align_layer} / train.align_head {self.tc.align_head}: the "
+                           f"model's attention has {layers} layer(s) (-{layers}..{layers - 1}) of {heads} head(s)")
 
     def _valid_text(self, data_dir: Path):
         if not (data_dir / "valid.src").exists():
@@ -193,19 +208,22 @@ class Trainer:
         loss_total, nll_total = 0.0, 0.0
         for i, batch in enumerate(batches):
             if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-                batch = Batch(*(t.pin_memory() for t in (batch.src, batch.tgt_in, batch.tgt_out)))
+                batch = batch.apply(lambda t: t.pin_memory())
             batch = batch.to(self.device, non_blocking=True)
             sync = self.dist.no_sync(self.ddp_model) if i < len(batches) - 1 else nullcontext()
             with sync:
                 with autocast(self.device, self.tc.amp):
-                    lam = self.tc.coverage_loss
-                    out = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0, targets=batch.tgt_out,
-                                         project=not fuse_output_projection(self.device))
+                    lam, guide = self.tc.coverage_loss, self.tc.guided_alignment
+                    out = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0 or guide > 0,
+                                         targets=batch.tgt_out, project=not fuse_output_projection(self.device))
                     loss, nll = output_loss(out, batch.tgt_out, self.tc.label_smoothing)
                     if out.aux_loss is not None:  # a mechanism's own objective (hard attention's REINFORCE surrogate)
                         loss = loss + out.aux_loss
                     if lam > 0:  # attention (B, L, H, T, S) -> averaged over layers and heads
                         loss = loss + lam * coverage_loss(out.attention.float().mean((1, 2)), batch.tgt_out != PAD_ID)
+                    if guide > 0:  # one head of one layer against the gold links (nmt.guided)
+                        head = out.attention[:, self.tc.align_layer, self.tc.align_head].float()  # (B, T, S)
+                        loss = loss + guide * alignment_loss(head, batch.align)
                 scaled = loss * self.dist.world / tokens  # DDP averages over ranks: sum / all tokens
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_total += float(loss.detach())
