@@ -19,9 +19,11 @@ def evaluate(
                                                   help="Translate --src with this checkpoint, then score.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", exists=True, dir_okay=False, readable=True,
                                                 help="Source file (with --model).")] = None,
-    beam: Annotated[int, typer.Option(min=1, help="Beam size when translating.")] = 5,
-    length_penalty: Annotated[float, typer.Option(help="When translating: GNMT length penalty alpha (0 = none).")] = 0.6,
-    coverage_penalty: Annotated[float, typer.Option(help="When translating: GNMT coverage penalty beta (0 = off).")] = 0.0,
+    beam: Annotated[Optional[int], typer.Option(min=1, help="With --model: beam size [default: 5].")] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(
+        help="With --model: GNMT length penalty alpha, 0 = none [default: 0.6].")] = None,
+    coverage_penalty: Annotated[Optional[float], typer.Option(
+        help="With --model: GNMT coverage penalty beta, 0 = off [default: 0].")] = None,
     ter: Annotated[bool, typer.Option(help="Also compute TER.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -39,7 +41,10 @@ def evaluate(
     with guard():
         if (hyp is None) == (model is None):
             raise NmtError("give either --hyp FILE, or --model CKPT with --src FILE")
+        search = {"--beam": beam, "--length-penalty": length_penalty, "--coverage-penalty": coverage_penalty}
         if hyp is not None:
+            if given := [option for option, value in search.items() if value is not None]:
+                raise NmtError(f"{', '.join(given)} only apply with --model (--hyp is scored as it is)")
             hyps = read_lines(hyp)
         else:
             if src is None:
@@ -53,7 +58,10 @@ def evaluate(
                 raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
             net, vocab = model_from_checkpoint(load_checkpoint(model))
-            opts = SearchOptions(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
+            defaults = SearchOptions()
+            opts = SearchOptions(beam=defaults.beam if beam is None else beam,
+                                 alpha=defaults.alpha if length_penalty is None else length_penalty,
+                                 coverage_penalty=defaults.coverage_penalty if coverage_penalty is None else coverage_penalty)
             hyps = Translator(net.to(dev), vocab, opts, device=dev).translate(sources)
         result = score(hyps, read_lines(ref), ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
         if as_json:

@@ -42,7 +42,7 @@ def translate(
         help="Layer whose attention gives alignments/stats (-1 = last; default: the one trained with "
              "train.guided_alignment, else -1).")] = None,
     align_heads: Annotated[Optional[str], typer.Option(
-        help="Heads to average for alignments, e.g. 0,2 (default: the guided head, else all).")] = None,
+        help="Heads to average for alignments, e.g. 0,2 (default: the guided head in its layer, else all).")] = None,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 
@@ -68,9 +68,11 @@ def translate(
         dev = pick_device(device)
         ckpt = load_checkpoint(model)
         net, vocab = model_from_checkpoint(ckpt)
-        if align_layer is None and align_heads is None and (guided := guided_head(ckpt)) is not None:
-            align_layer, align_heads = guided[0], str(guided[1])  # the head trained to align
-        align_layer = -1 if align_layer is None else align_layer
+        guided = guided_head(ckpt)  # the head trained to align: the default where none is named
+        if align_layer is None:
+            align_layer = guided[0] if guided else -1
+        if align_heads is None and guided and align_layer == guided[0]:
+            align_heads = str(guided[1])
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,

@@ -34,9 +34,6 @@ class Batch:
     def target_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
-    def tensors(self) -> tuple[Tensor, ...]:
-        return tuple(t for t in (self.src, self.tgt_in, self.tgt_out, self.align) if t is not None)
-
     def apply(self, fn) -> "Batch":
         """The same batch with ``fn`` applied to every tensor (a device move, pinning)."""
         return Batch(fn(self.src), fn(self.tgt_in), fn(self.tgt_out), None if self.align is None else fn(self.align))
@@ -55,12 +52,14 @@ class ParallelIds:
         self.tgt_len = (self.tgt["offsets"][1:] - self.tgt["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
 
     @classmethod
-    def load(cls, path: Path) -> "ParallelIds":
+    def load(cls, path: Path, links: bool = False) -> "ParallelIds":
+        """Read a split's ``*.ids.pt``; with ``links`` also its ``*.align.pt`` when there is one
+        (batches then carry the gold matrix, which only guided alignment needs)."""
         if not Path(path).exists():
             raise NmtError(f"{path}: not found; run `nmt prepare` first (or fix data.dir)")
         packed = torch.load(path, weights_only=True)
         align = Path(path).with_name(Path(path).name.replace(".ids.pt", ".align.pt"))
-        links = torch.load(align, weights_only=True) if align.exists() else None
+        links = torch.load(align, weights_only=True) if links and align.exists() else None
         if links is not None and len(links["offsets"]) != len(packed["src"]["offsets"]):
             raise NmtError(f"{align}: has links for {len(links['offsets']) - 1} pairs, not "
                            f"{len(packed['src']['offsets']) - 1}; run nmt prepare again")

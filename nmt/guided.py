@@ -31,7 +31,7 @@ def read_pharaoh(line: str) -> list[tuple[int, int]]:
     links = []
     for item in line.split():
         s, sep, t = item.partition("-")
-        if not sep or not s.isdigit() or not t.isdigit():
+        if not sep or not (s.isascii() and s.isdigit() and t.isascii() and t.isdigit()):
             raise ValueError(f"{item!r} is not a Pharaoh link i-j")
         links.append((int(s), int(t)))
     return links

@@ -95,34 +95,43 @@ def encode_split(vocab: Vocab, src: list[str], tgt: list[str]) -> dict[str, dict
     return {"src": pack(vocab.encode(src), len(vocab)), "tgt": pack(vocab.encode(tgt), len(vocab))}
 
 
-def _alignment_lines(path: Path, src: list[str], tgt: list[str]) -> list[list[tuple[int, int]]]:
+_OTHER_SPACE = re.compile(r"[^\S \t]")  # whitespace other than space and TAB (NBSP, thin space, ...)
+
+
+def _alignment_lines(path: Path, train: tuple[Path, Path], src: list[str], tgt: list[str]
+                     ) -> list[list[tuple[int, int]] | None]:
     """The Pharaoh links of every training pair, checked before anything is trained: one line per
-    pair, well formed, naming only words the pair has (an error names the line)."""
+    pair, well formed, naming only words the pair has (an error names the line). A pair whose raw
+    text has whitespace other than spaces and TABs gets None: an aligner may not have split its
+    words there as ``str.split`` does, so its word numbers could be shifted."""
     from nmt.guided import read_pharaoh
 
     lines = read_lines(path)
     if len(lines) != len(src):
         raise NmtError(f"{path} has {len(lines)} lines but the training files have {len(src)}; "
                        "--train-align needs one Pharaoh line per training pair")
-    out = []
+    raw_src, raw_tgt = read_lines(train[0]), read_lines(train[1])
+    out: list[list[tuple[int, int]] | None] = []
     for number, (line, s, t) in enumerate(zip(lines, src, tgt), 1):
         try:
             links = read_pharaoh(line)
         except ValueError as e:
             raise NmtError(f"{path}:{number}: {e}") from None
         words = (len(s.split()), len(t.split()))
-        if any(i >= words[0] or j >= words[1] for i, j in links):
-            raise NmtError(f"{path}:{number}: a link names a word past the pair's {words[0]} source / {words[1]} "
-                           "target words (links are source-target, counted from 0)")
-        out.append(links)
+        if bad := next(((i, j) for i, j in links if i >= words[0] or j >= words[1]), None):
+            raise NmtError(f"{path}:{number}: link {bad[0]}-{bad[1]} names a word past the pair's {words[0]} source / "
+                           f"{words[1]} target words (links are source-target, counted from 0; a reversed file "
+                           "would have them target-source)")
+        ambiguous = _OTHER_SPACE.search(raw_src[number - 1]) or _OTHER_SPACE.search(raw_tgt[number - 1])
+        out.append(None if ambiguous else links)
     return out
 
 
 def _piece_alignments(links: list[list[tuple[int, int]]], texts: tuple[list[str], list[str]], vocab: Vocab,
                       encoded: dict) -> tuple[dict, int]:
     """Word links of the kept pairs -> packed piece links (:mod:`nmt.guided`), and the number of
-    pairs left without links because SentencePiece's words (a piece starting with ▁ starts one)
-    are not the line's whitespace words there."""
+    pairs left without links: those with unusual whitespace (None) and those where SentencePiece's
+    words (a piece starting with ▁ starts one) are not the line's whitespace words."""
     from nmt.alignment import word_groups
     from nmt.guided import pack_links, piece_links
 
@@ -133,7 +142,8 @@ def _piece_alignments(links: list[list[tuple[int, int]]], texts: tuple[list[str]
     per_pair, skipped = [], 0
     for i, pair_links in enumerate(links):
         src_groups, tgt_groups = groups(encoded["src"], i), groups(encoded["tgt"], i)
-        if (len(src_groups), len(tgt_groups)) != (len(texts[0][i].split()), len(texts[1][i].split())):
+        if pair_links is None or \
+                (len(src_groups), len(tgt_groups)) != (len(texts[0][i].split()), len(texts[1][i].split())):
             per_pair.append([])
             skipped += 1
         else:
@@ -156,7 +166,7 @@ def prepare(
     if options.model_type not in ("unigram", "bpe"):
         raise NmtError(f"unknown SentencePiece model type {options.model_type!r}; valid: unigram, bpe")
     src, tgt = read_parallel(*train)
-    align_links = _alignment_lines(train_align, src, tgt) if train_align else None
+    align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
@@ -181,7 +191,8 @@ def prepare(
         torch.save(packed, out_dir / "train.align.pt")
         summary["train"]["aligned"] = len(keep) - skipped
         log(f"train alignments: {len(keep) - skipped} pairs, {len(packed['links'])} piece links"
-            + (f" ({skipped} pairs whose words SentencePiece split differently get none)" if skipped else ""))
+            + (f" ({skipped} pairs get none: whitespace other than spaces/TABs, or words SentencePiece split "
+               "differently)" if skipped else ""))
     for name, pair in (("valid", valid), ("test", test)):
         if pair is None:
             continue

@@ -232,11 +232,12 @@ def topk_last(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def _finish(found, ends, top, top_rank, width, ids, history, step_attn, attn_hist, best_done, src_len) -> Tensor:
     """Record this step's finished hypotheses and return the new ``best_done``.
 
-    ends ``(n, 2k)`` marks the candidates that finish, top / top_rank ``(n, 2k)`` their flat index
-    into ``(k, width)`` and their rank, ids ``(n,)`` the live sentences' indices, history
-    ``(n, k, t)``, step_attn ``(n, k, 1, L, H, S)`` and attn_hist ``(n, k, t, L, H, S)`` (None
-    without attention), best_done ``(n, n_best)``. Each sentence keeps its ``n_best`` best, best
-    first; tokens and scores come to Python in one transfer, the attention in one CPU copy.
+    ends ``(n, c)`` marks the candidates that finish (c = 2k, or k + 1 at the first step), top /
+    top_rank ``(n, c)`` their flat index into ``(kk, width)`` and their rank, ids ``(n,)`` the live
+    sentences' indices, history ``(n, kk, t)``, step_attn ``(n, kk, 1, L, H, S)`` and attn_hist
+    ``(n, kk, t, L, H, S)`` (None without attention), best_done ``(n, n_best)``. Each sentence
+    keeps its ``n_best`` best, best first; tokens and scores come to Python in one transfer, the
+    attention in one CPU copy.
     """
     n_best = best_done.shape[1]
     who, col = ends.nonzero(as_tuple=True)  # (m,) sentence rows, positions among the k best

@@ -96,7 +96,7 @@ class Trainer:
             raise NmtError(f"{data_dir}: no spm.model here; run `nmt prepare` first or set data.dir")
         self.spm_bytes = (data_dir / "spm.model").read_bytes()
         self.vocab = Vocab(self.spm_bytes)
-        self.train_data = ParallelIds.load(data_dir / "train.ids.pt")
+        self.train_data = ParallelIds.load(data_dir / "train.ids.pt", links=self.tc.guided_alignment > 0)
         if len(self.train_data) == 0:
             raise NmtError(f"{data_dir}/train.ids.pt: the training corpus is empty")
         self.valid_data = ParallelIds.load(data_dir / "valid.ids.pt") if (data_dir / "valid.ids.pt").exists() else None
@@ -296,8 +296,7 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr_at(self.step):.2e}", tok_s=f"{rate:.0f}",
                                         epoch=self.epoch + 1, **self._time_left())
-                        last = bool(self.tc.max_steps) and self.step >= self.tc.max_steps
-                        if metrics and (self.step % self.tc.log_every == 0 or last):  # a short run logs its end too
+                        if metrics and (self.step % self.tc.log_every == 0 or self._last_update(len(batches))):
                             metrics.write(json.dumps({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
                                                       "loss": loss, "ppl": math.exp(min(nll, 50)),
                                                       "lr": self.lr_at(self.step), "tgt_tok_s": round(rate, 1),
@@ -318,6 +317,15 @@ class Trainer:
             if metrics:
                 metrics.close()
         return self._finish(reason)
+
+    def _last_update(self, epoch_batches: int) -> bool:
+        """Whether the run ends after this update (so that a run shorter than ``log_every`` logs its
+        end too): a limit reached, or a stop requested. Rank 0's view, for its log only."""
+        tc = self.tc
+        epoch_ends = self.position + tc.accumulate > epoch_batches
+        return bool((tc.max_steps and self.step >= tc.max_steps) or self.stop.requested
+                    or (tc.max_minutes and self.elapsed >= tc.max_minutes * 60)
+                    or (tc.max_epochs and epoch_ends and self.epoch + 1 >= tc.max_epochs))
 
     def _time_left(self) -> dict:
         """The minutes left of ``max_minutes`` for the progress bar: its ETA when minutes are the

@@ -118,6 +118,8 @@ def test_train_translate_evaluate_end_to_end(tmp_path, prepared_small):
     ref = prepared_small / "test.ref"
     direct = json.loads(invoke("evaluate", "-m", run / "best.pt", "--src", src, "--ref", ref, "--json", *knobs).stdout)
     assert direct == json.loads(invoke("evaluate", "--hyp", hyp, "--ref", ref, "--json").stdout)
+    r = invoke("evaluate", "--hyp", hyp, "--ref", ref, "--beam", 3, "--coverage-penalty", 0.2)
+    assert r.exit_code == 1 and "--beam, --coverage-penalty only apply with --model" in r.output
 
 
 def test_evaluate_matches_sacrebleu_cli(tmp_path, prepared_small):

@@ -123,10 +123,28 @@ def test_prepare_stores_piece_links_of_the_kept_pairs(reversal, tmp_path):
     assert first == again["links"][int(again["offsets"][1]) : int(again["offsets"][2])].tolist()  # same pair again
 
 
+def test_pairs_with_unusual_whitespace_get_no_links(tmp_path):
+    """An aligner may not split words at a no-break space as str.split does: such a pair is left
+    without links (counted) instead of being linked with shifted word numbers."""
+    rng = random.Random(3)
+    src = [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(40)]
+    tgt = [line.upper() for line in src]
+    src[5] = src[5].replace(" ", "\u00a0", 1)
+    (tmp_path / "s").write_text("\n".join(src) + "\n")
+    (tmp_path / "t").write_text("\n".join(tgt) + "\n")
+    (tmp_path / "a").write_text("0-0 1-1 2-2\n" * 40)
+    summary = prepare(tmp_path / "p", (tmp_path / "s", tmp_path / "t"), options=PrepareOptions(vocab_size=60),
+                      log=lambda m: None, train_align=tmp_path / "a")
+    assert summary["train"]["aligned"] == 39
+    packed = torch.load(tmp_path / "p" / "train.align.pt")
+    assert packed["offsets"][6] == packed["offsets"][5]  # pair 5: no links
+
+
 @pytest.mark.parametrize("content, message", [
     ("0-1 1-0\n", "has 1 lines but the training files have 3"),
     ("0-1 1-0\nzz\n0-0\n", ":2: 'zz' is not a Pharaoh link"),
-    ("0-1 1-0\n0-0\n0-3\n", ":3: a link names a word past the pair's 3 source / 3 target words"),
+    ("0-1 1-0\n0-0\n0-3\n", ":3: link 0-3 names a word past the pair's 3 source / 3 target words"),
+    ("0-1 1-0\n0-0\n0-\u00b2\n", ":3: '0-\u00b2' is not a Pharaoh link"),
 ])
 def test_prepare_refuses_bad_alignments_before_training_anything(tmp_path, content, message):
     (tmp_path / "s").write_text("a b\nx\nc d e\n")
@@ -166,8 +184,14 @@ def test_guided_alignment_needs_alignments_and_a_real_head(reversal, tmp_path):
     _, prepared = reversal
     with pytest.raises(NmtError, match="train.align_head 2: the model's attention has 2 layer"):
         trained(prepared, tmp_path / "a", ["train.max_steps=1", "train.guided_alignment=1.0", "train.align_head=2"])
-    cfg = load_config(None, [f'data.dir="{prepared.parent / "nowhere"}"'])
-    assert cfg.train.guided_alignment == 0.0
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in prepared.iterdir():
+        if f.name != "train.align.pt":
+            (plain / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(NmtError, match="train.align.pt is missing"):
+        trained(plain, tmp_path / "b", ["train.max_steps=1", "train.guided_alignment=1.0"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any output
 
 
 def head_aer(model, prepared, layer: int, head: int, pairs) -> float:
@@ -207,6 +231,11 @@ def test_supervised_head_learns_the_gold_alignment(reversal, tmp_path):
                                                   *flags], input=lines) for flags in ([], ["--align-layer", "-1",
                                                                                           "--align-heads", "0"]))
     assert default.exit_code == 0 and default.stdout == explicit.stdout and default.stdout.count("\t") == 5
+    # naming only the heads keeps the guided layer; naming another layer averages its heads
+    only_heads, layer_avg = (CliRunner().invoke(app, ["translate", "-m", str(tmp_path / "g" / "best.pt"), "--alignments",
+                                                      "-", *flags], input=lines)
+                             for flags in (["--align-heads", "0"], ["--align-layer", "0"]))
+    assert only_heads.stdout == explicit.stdout and layer_avg.exit_code == 0
 
 
 def test_translate_defaults_to_the_guided_head():
@@ -231,3 +260,21 @@ def test_lstm_attention_can_be_guided_too(reversal, tmp_path):
         records = [json.loads(l) for l in (tmp_path / str(lam) / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in records if r["kind"] == "train"])
     assert losses[0][0] < losses[1][0]  # same first batch and weights: the alignment term adds to the loss
+
+
+def test_lstm_guided_loss_reaches_the_chosen_head():
+    from nmt.models import build_model
+    from nmt.models.lstm import LSTMConfig
+
+    torch.manual_seed(0)
+    m = build_model("lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1, heads=2,
+                                       dropout=0.0))
+    src, tgt = random_batch()
+    out = m(src, tgt, need_attention=True)  # attention (B, 1, H, T, S)
+    gold = torch.zeros(*out.attention[:, -1, 1].shape)
+    gold[:, :, 1] = 1.0
+    alignment_loss(out.attention[:, -1, 1], gold).backward()
+    grad = {name: float(p.grad.abs().sum()) for name, p in m.named_parameters() if p.grad is not None}
+    # head 1's own score matrix carries the signal; head 0's gets only what flows back through the
+    # recurrence (input feeding mixes both heads' contexts into later queries)
+    assert grad["attention.scores.1.W.weight"] > 1000 * grad["attention.scores.0.W.weight"]

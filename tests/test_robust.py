@@ -288,6 +288,7 @@ def test_short_runs_log_their_end_and_count_epochs_from_one(tmp_path, prepared_s
                                                              "train.valid_every=100000"])
     valid = [r for r in records if r["kind"] == "valid"]
     assert [r["epoch"] for r in valid] == [1]
+    assert [r["epoch"] for r in records if r["kind"] == "train"] == [1]  # its last update, though < log_every
     assert load_checkpoint(tmp_path / "b" / "last.pt")["meta"]["update_epoch"] == 1
     r = CliRunner().invoke(app, ["info", str(tmp_path / "b" / "last.pt")])
     assert r.exit_code == 0 and "(epoch 1)" in r.output, r.output

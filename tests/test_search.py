@@ -350,7 +350,34 @@ def test_topk_last_is_topk(rows, v, k, seed, ties):
     if ties:
         x = (x * 2).round()
     x[:, :, torch.randint(0, v, (v // 3,), generator=g)] = float("-inf")
+    x[0, 0] = float("-inf")  # a whole row masked
+    x[-1, -1, 0] = float("nan")  # and a NaN ranks first, as in torch.topk
     values, indices = topk_last(x, k)
-    assert torch.equal(values, x.topk(k, dim=-1).values)
-    assert torch.equal(x.gather(-1, indices), values)
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(values, x.topk(k, dim=-1).values, **exact)
+    torch.testing.assert_close(x.gather(-1, indices), values, **exact)
     assert (indices.sort(-1).values.diff(dim=-1) > 0).all()  # k different positions
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+def test_a_sentence_decodes_the_same_alone_and_in_a_batch(kind):
+    """Batching, dropping finished sentences (one ends at the first step, by its length limit) and
+    the first step's one row per sentence give each sentence what it gets alone: with and without
+    shared source rows, n-best lists, attention and the coverage penalty."""
+    from nmt.models import build_model
+    from nmt.models.lstm import LSTMConfig
+
+    torch.manual_seed(0)
+    m = tiny_transformer() if kind == "transformer" else build_model(
+        "lstm", LSTMConfig(vocab_size=40, embed_size=16, hidden_size=16, encoder_layers=1, dropout=0.0))
+    m.eval()
+    src = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 3], [7, 3, 0, 0, 0, 0, 0, 0, 0, 0], [9, 8, 7, 6, 3, 0, 0, 0, 0, 0]])
+    kw = dict(beam=3, n_best=2, need_attention=True, beta=0.2, max_len_a=0.4, max_len_b=0)  # limits 4, 1, 2
+    together = beam_search(m, src, **kw)
+    assert [len(h[0].tokens) for h in together][1] == 0  # the second ends at its first step
+    for row, hyps in enumerate(together):
+        alone = beam_search(m, src[row : row + 1, : int((src[row] != 0).sum())], **kw)[0]
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-4)
+        for a, b in zip(hyps, alone):
+            assert torch.allclose(a.attention, b.attention, atol=1e-5)
