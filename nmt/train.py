@@ -380,8 +380,8 @@ class Trainer:
                           best_bleu=self.best_bleu)
             metrics.write(json.dumps(result) + "\n")
             metrics.flush()
-            self.log(f"\nvalid @ {self.step}: " + ", ".join(f"{k} {v}" for k, v in result.items()
-                                                             if k in ("loss", "ppl", "bleu")))
+            self.log(f"\nvalid @ {self.step}: " + (", ".join(f"{k} {v}" for k, v in result.items()
+                                                              if k in ("loss", "ppl", "bleu")) or "no valid data"))
             if improved:
                 self.save("best.pt", bleu)
             if self.tc.keep_last:
