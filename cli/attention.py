@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,7 +12,10 @@ def attention(
     sentence: Annotated[str, typer.Argument(help="One source sentence.")],
     model: Annotated[Path, typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True, help="Checkpoint.")],
     beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = 5,
-    layer: Annotated[int, typer.Option(help="Layer to show (-1 = last); heads are averaged.")] = -1,
+    layer: Annotated[Optional[int], typer.Option(
+        help="Layer to show (-1 = last; default: the one trained with train.guided_alignment, else -1).")] = None,
+    heads: Annotated[Optional[str], typer.Option(
+        help="Heads to average, e.g. 0,2 (default: the guided head in its layer, else all).")] = None,
 ) -> None:
     """Translate one sentence and show its attention in the terminal (space = 0, █ = 1).
 
@@ -21,13 +24,21 @@ def attention(
     """
     from nmt.alignment import select_heads
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt.errors import NmtError
+    from nmt.guided import default_heads
     from nmt.report import attention_shape, check_heads
     from nmt.translate import SearchOptions, Translator
     from nmt.visualize import terminal_heatmap
 
     with guard():
-        net, vocab = model_from_checkpoint(load_checkpoint(model))
-        check_heads(attention_shape(net, "cpu"), layer, None, "--layer")
+        ckpt = load_checkpoint(model)
+        net, vocab = model_from_checkpoint(ckpt)
+        layer, heads = default_heads(ckpt, layer, heads)
+        try:
+            head_list = [int(h) for h in heads.split(",")] if heads else None
+        except ValueError:
+            raise NmtError(f"--heads expects comma-separated head numbers, got {heads!r}") from None
+        check_heads(attention_shape(net, "cpu"), layer, head_list, "--layer")
         hyps = Translator(net, vocab, SearchOptions(beam=beam)).hypotheses([sentence], need_attention=True)[0]
         if not hyps:
             typer.echo("")
@@ -35,4 +46,4 @@ def attention(
         h = hyps[0]
         src = vocab.pieces(vocab.encode([sentence])[0])[: h.attention.shape[-1] - 1] + ["</s>"]
         typer.echo(vocab.decode(h.tokens))
-        typer.echo(terminal_heatmap(select_heads(h.attention, layer), src, vocab.pieces(h.tokens) + ["</s>"]))
+        typer.echo(terminal_heatmap(select_heads(h.attention, layer, head_list), src, vocab.pieces(h.tokens) + ["</s>"]))

@@ -57,6 +57,7 @@ def translate(
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.device import pick_device
+    from nmt.guided import default_heads
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
     with guard():
@@ -68,11 +69,7 @@ def translate(
         dev = pick_device(device)
         ckpt = load_checkpoint(model)
         net, vocab = model_from_checkpoint(ckpt)
-        guided = guided_head(ckpt)  # the head trained to align: the default where none is named
-        if align_layer is None:
-            align_layer = guided[0] if guided else -1
-        if align_heads is None and guided and align_layer == guided[0]:
-            align_heads = str(guided[1])
+        align_layer, align_heads = default_heads(ckpt, align_layer, align_heads)
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
@@ -100,12 +97,6 @@ def translate(
                 if f is not None and f is not sys.stdout:
                     f.close()
         common.SKIP_TEARDOWN["on"] = True  # all written and closed: the process may end at once (main.run)
-
-
-def guided_head(ckpt: dict) -> tuple[int, int] | None:
-    """``(layer, head)`` trained with ``train.guided_alignment`` (from the checkpoint's config), or None."""
-    train = ckpt.get("meta", {}).get("config", {}).get("train", {})
-    return (train.get("align_layer", -1), train.get("align_head", 0)) if train.get("guided_alignment", 0) > 0 else None
 
 
 def _check_paths(model: Path, input: Path | None, output: Path | None, stats: Path | None, alignments: str | None,

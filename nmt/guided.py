@@ -91,3 +91,22 @@ def aer(hypothesis: set[tuple[int, int]], sure: set[tuple[int, int]], possible: 
     if not hypothesis and not sure:
         return 0.0
     return 1.0 - (len(hypothesis & sure) + len(hypothesis & possible)) / (len(hypothesis) + len(sure))
+
+
+def guided_head(ckpt: dict) -> tuple[int, int] | None:
+    """``(layer, head)`` trained with ``train.guided_alignment`` (from a checkpoint's stored
+    config), or None for a model trained without it."""
+    train = ckpt.get("meta", {}).get("config", {}).get("train", {})
+    return (train.get("align_layer", -1), train.get("align_head", 0)) if train.get("guided_alignment", 0) > 0 else None
+
+
+def default_heads(ckpt: dict, layer: int | None, heads: str | None) -> tuple[int, str | None]:
+    """The layer and heads (``"0,2"``; None = all) to read alignments from when the user named
+    ``layer`` / ``heads`` or not (None): the guided head where the checkpoint has one (naming only
+    the heads keeps its layer), else the last layer's mean over heads."""
+    guided = guided_head(ckpt)
+    if layer is None:
+        layer = guided[0] if guided else -1
+    if heads is None and guided and layer == guided[0]:
+        heads = str(guided[1])
+    return layer, heads

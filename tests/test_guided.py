@@ -236,15 +236,24 @@ def test_supervised_head_learns_the_gold_alignment(reversal, tmp_path):
                                                       "-", *flags], input=lines)
                              for flags in (["--align-heads", "0"], ["--align-layer", "0"]))
     assert only_heads.stdout == explicit.stdout and layer_avg.exit_code == 0
+    r = CliRunner().invoke(app, ["attention", "-m", str(tmp_path / "g" / "best.pt"), held_out[0][0]])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) > 2, r.output
+    r = CliRunner().invoke(app, ["attention", "-m", str(tmp_path / "g" / "best.pt"), "--heads", "x", held_out[0][0]])
+    assert r.exit_code == 1 and "--heads expects comma-separated head numbers" in r.output
 
 
-def test_translate_defaults_to_the_guided_head():
-    from nmt_cli.translate import guided_head
+def test_alignments_default_to_the_guided_head():
+    from nmt.guided import default_heads, guided_head
 
     train = {"guided_alignment": 0.5, "align_layer": -2, "align_head": 1}
-    assert guided_head({"meta": {"config": {"train": train}}}) == (-2, 1)
+    ckpt = {"meta": {"config": {"train": train}}}
+    assert guided_head(ckpt) == (-2, 1)
     assert guided_head({"meta": {"config": {"train": {**train, "guided_alignment": 0.0}}}}) is None
     assert guided_head({"meta": {}}) is None
+    assert default_heads(ckpt, None, None) == (-2, "1")
+    assert default_heads(ckpt, None, "0,1") == (-2, "0,1")  # naming only the heads keeps the guided layer
+    assert default_heads(ckpt, -1, None) == (-1, None)  # another layer: all its heads
+    assert default_heads({"meta": {}}, None, None) == (-1, None)
 
 
 def test_lstm_attention_can_be_guided_too(reversal, tmp_path):
