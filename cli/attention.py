@@ -24,9 +24,8 @@ def attention(
     """
     from nmt.alignment import select_heads
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
-    from nmt.errors import NmtError
     from nmt.guided import default_heads
-    from nmt.report import attention_shape, check_heads
+    from nmt.report import attention_shape, check_heads, parse_heads
     from nmt.translate import SearchOptions, Translator
     from nmt.visualize import terminal_heatmap
 
@@ -34,11 +33,8 @@ def attention(
         ckpt = load_checkpoint(model)
         net, vocab = model_from_checkpoint(ckpt)
         layer, heads = default_heads(ckpt, layer, heads)
-        try:
-            head_list = [int(h) for h in heads.split(",")] if heads else None
-        except ValueError:
-            raise NmtError(f"--heads expects comma-separated head numbers, got {heads!r}") from None
-        check_heads(attention_shape(net, "cpu"), layer, head_list, "--layer")
+        head_list = parse_heads(heads, "--heads")
+        check_heads(attention_shape(net, "cpu"), layer, head_list, "--layer", "--heads")
         hyps = Translator(net, vocab, SearchOptions(beam=beam)).hypotheses([sentence], need_attention=True)[0]
         if not hyps:
             typer.echo("")

@@ -58,10 +58,8 @@ def evaluate(
                 raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
             net, vocab = model_from_checkpoint(load_checkpoint(model))
-            defaults = SearchOptions()
-            opts = SearchOptions(beam=defaults.beam if beam is None else beam,
-                                 alpha=defaults.alpha if length_penalty is None else length_penalty,
-                                 coverage_penalty=defaults.coverage_penalty if coverage_penalty is None else coverage_penalty)
+            given = dict(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
+            opts = SearchOptions(**{k: v for k, v in given.items() if v is not None})  # the rest: its defaults
             hyps = Translator(net.to(dev), vocab, opts, device=dev).translate(sources)
         result = score(hyps, read_lines(ref), ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
         if as_json:

@@ -171,12 +171,9 @@ def _open_write(path: Path, option: str):
 
 def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, device):
     from nmt.errors import NmtError
-    from nmt.report import AttentionReport, attention_shape, check_heads, encoder_self_attention
+    from nmt.report import AttentionReport, attention_shape, check_heads, encoder_self_attention, parse_heads
 
-    try:
-        head_list = [int(h) for h in heads.split(",")] if heads else None
-    except ValueError:
-        raise NmtError(f"--align-heads expects comma-separated head numbers, got {heads!r}") from None
+    head_list = parse_heads(heads)
     if alignments or stats or pictures:
         check_heads(attention_shape(model, device), layer, head_list)
     encoder_attention = encoder_self_attention(model, vocab, device) if encoder else None

@@ -104,8 +104,19 @@ def attention_shape(model, device) -> tuple[int, int]:
     return attn.shape[1], attn.shape[2]
 
 
-def check_heads(shape: tuple[int, int], layer: int, heads: list[int] | None, option: str = "--align-layer") -> None:
-    """Fail before any output when the layer (``option``) or ``--align-heads`` are out of range."""
+def parse_heads(text: str | None, option: str = "--align-heads") -> list[int] | None:
+    """``"0,2"`` -> ``[0, 2]``; None (all heads) stays None; anything else is a one-line error."""
+    from nmt.errors import NmtError
+
+    try:
+        return [int(h) for h in text.split(",")] if text else None
+    except ValueError:
+        raise NmtError(f"{option} expects comma-separated head numbers, got {text!r}") from None
+
+
+def check_heads(shape: tuple[int, int], layer: int, heads: list[int] | None, option: str = "--align-layer",
+                heads_option: str = "--align-heads") -> None:
+    """Fail before any output when the layer (``option``) or the heads (``heads_option``) are out of range."""
     from nmt.errors import NmtError
 
     n_layers, n_heads = shape
@@ -114,4 +125,4 @@ def check_heads(shape: tuple[int, int], layer: int, heads: list[int] | None, opt
                        f"(0..{n_layers - 1}, or -1 for the last)")
     bad = [h for h in heads or [] if not 0 <= h < n_heads]
     if bad:
-        raise NmtError(f"--align-heads {bad[0]}: the model's attention has {n_heads} head(s) (0..{n_heads - 1})")
+        raise NmtError(f"{heads_option} {bad[0]}: the model's attention has {n_heads} head(s) (0..{n_heads - 1})")

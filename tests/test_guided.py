@@ -240,6 +240,8 @@ def test_supervised_head_learns_the_gold_alignment(reversal, tmp_path):
     assert r.exit_code == 0 and len(r.stdout.splitlines()) > 2, r.output
     r = CliRunner().invoke(app, ["attention", "-m", str(tmp_path / "g" / "best.pt"), "--heads", "x", held_out[0][0]])
     assert r.exit_code == 1 and "--heads expects comma-separated head numbers" in r.output
+    r = CliRunner().invoke(app, ["attention", "-m", str(tmp_path / "g" / "best.pt"), "--heads", "9", held_out[0][0]])
+    assert r.exit_code == 1 and "--heads 9: the model's attention has 2 head(s)" in r.output, r.output
 
 
 def test_alignments_default_to_the_guided_head():
