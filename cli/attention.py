@@ -9,7 +9,7 @@ from nmt_cli.common import guard
 
 
 def attention(
-    sentence: Annotated[str, typer.Argument(help="One source sentence.")],
+    sentence: Annotated[str, typer.Argument(help="One source sentence (a multi-source model's sources TAB-separated).")],
     model: Annotated[Path, typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True, help="Checkpoint.")],
     beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = 5,
     layer: Annotated[Optional[int], typer.Option(
@@ -25,7 +25,8 @@ def attention(
     from nmt.alignment import select_heads
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.guided import default_heads
-    from nmt.report import attention_shape, check_heads, parse_heads
+    from nmt.multisource import num_sources
+    from nmt.report import attention_shape, check_heads, parse_heads, source_labels
     from nmt.translate import SearchOptions, Translator
     from nmt.visualize import terminal_heatmap
 
@@ -40,6 +41,6 @@ def attention(
             typer.echo("")
             return
         h = hyps[0]
-        src = vocab.pieces(vocab.encode([sentence])[0])[: h.attention.shape[-1] - 1] + ["</s>"]
+        src = source_labels(vocab, sentence, num_sources(net), h.attention.shape[-1])
         typer.echo(vocab.decode(h.tokens))
         typer.echo(terminal_heatmap(select_heads(h.attention, layer, head_list), src, vocab.pieces(h.tokens) + ["</s>"]))

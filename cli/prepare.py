@@ -8,18 +8,21 @@ import typer
 from nmt_cli.common import err, guard
 
 FileIn = Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True)]
+SourcesIn = Annotated[Optional[list[Path]], typer.Option(
+    exists=True, dir_okay=False, readable=True, help="Source file; give it once per source for a multi-source corpus.")]
 
 
 def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the vocabulary and id caches.")],
     corpus: Annotated[Optional[str], typer.Option(help="A named corpus from data/, e.g. multi30k (uses $NMT_DATA_HOME).")] = None,
-    src_lang: Annotated[Optional[str], typer.Option(help="Source language code (with --corpus), e.g. de.")] = None,
+    src_lang: Annotated[Optional[list[str]], typer.Option(
+        help="Source language code (with --corpus), e.g. de; repeat it for several sources (--src-lang de --src-lang fr).")] = None,
     tgt_lang: Annotated[Optional[str], typer.Option(help="Target language code (with --corpus), e.g. en.")] = None,
-    train_src: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True, help="Training source file.")] = None,
+    train_src: SourcesIn = None,
     train_tgt: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True, help="Training target file.")] = None,
-    valid_src: FileIn = None,
+    valid_src: SourcesIn = None,
     valid_tgt: FileIn = None,
-    test_src: FileIn = None,
+    test_src: SourcesIn = None,
     test_tgt: FileIn = None,
     vocab_size: Annotated[int, typer.Option(min=16, help="Joint SentencePiece vocabulary size.")] = 8000,
     model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram or bpe.")] = "unigram",
@@ -41,13 +44,19 @@ def prepare(
 
     \b
         nmt prepare --train-src train.de --train-tgt train.en --valid-src val.de --valid-tgt val.en -o prepared/de-en
+
+    Several sources make a multi-source corpus (each source file once per split, in the same order):
+
+    \b
+        nmt prepare --corpus multi30k --src-lang de --src-lang fr --tgt-lang en -o prepared/de+fr-en
     """
     from nmt.corpora import check_languages, corpus_file
     from nmt.errors import NmtError
     from nmt.prepare import PrepareOptions, prepare as run
 
     with guard():
-        langs = (src_lang or "src", tgt_lang or "tgt")
+        src_langs = src_lang or ["src"]
+        langs = (*src_langs, tgt_lang or "tgt")
         files = {"--train-src": train_src, "--train-tgt": train_tgt, "--valid-src": valid_src,
                  "--valid-tgt": valid_tgt, "--test-src": test_src, "--test-tgt": test_tgt}
         if corpus:
@@ -55,10 +64,13 @@ def prepare(
                 raise NmtError(f"give --corpus or files, not both (--corpus {corpus} with {', '.join(given)})")
             if not (src_lang and tgt_lang):
                 raise NmtError("--corpus needs --src-lang and --tgt-lang")
-            if src_lang == tgt_lang:
-                raise NmtError(f"--src-lang and --tgt-lang are both {src_lang!r}; give two languages of {corpus}")
-            check_languages(corpus, src_lang, tgt_lang)  # before anything is downloaded
-            pair = lambda split: (corpus_file(corpus, split, src_lang), corpus_file(corpus, split, tgt_lang))
+            if tgt_lang in src_lang:
+                raise NmtError(f"--src-lang and --tgt-lang are both {tgt_lang!r}; give two languages of {corpus}")
+            if len(set(src_lang)) != len(src_lang):
+                raise NmtError(f"--src-lang names a language twice ({', '.join(src_lang)})")
+            check_languages(corpus, *src_lang, tgt_lang)  # before anything is downloaded
+            pair = lambda split: (*(corpus_file(corpus, split, lang) for lang in src_lang),
+                                  corpus_file(corpus, split, tgt_lang))
             train, valid, test = pair("train"), pair("valid"), pair("test")
         else:
             if not (train_src and train_tgt):
@@ -66,8 +78,13 @@ def prepare(
             for split in ("valid", "test"):
                 if bool(files[f"--{split}-src"]) != bool(files[f"--{split}-tgt"]):
                     raise NmtError(f"--{split}-src and --{split}-tgt go together: give both or neither")
-            train = (train_src, train_tgt)
-            valid = (valid_src, valid_tgt) if valid_src else None
-            test = (test_src, test_tgt) if test_src else None
+                if files[f"--{split}-src"] and len(files[f"--{split}-src"]) != len(train_src):
+                    raise NmtError(f"--{split}-src is given {len(files[f'--{split}-src'])} time(s) but --train-src "
+                                   f"{len(train_src)}: every split needs the same sources")
+            if src_lang and len(src_lang) != len(train_src):
+                raise NmtError(f"--src-lang is given {len(src_lang)} time(s) but --train-src {len(train_src)}")
+            train = (*train_src, train_tgt)
+            valid = (*valid_src, valid_tgt) if valid_src else None
+            test = (*test_src, test_tgt) if test_src else None
         options = PrepareOptions(vocab_size=vocab_size, model_type=model_type, max_words=max_words, max_ratio=max_ratio)
         run(out, train, valid, test, langs, options, log=err, train_align=train_align)

@@ -57,6 +57,7 @@ def translate(
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.device import pick_device
+    from nmt.errors import NmtError
     from nmt.guided import default_heads
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
 
@@ -75,13 +76,18 @@ def translate(
                              n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
                              coverage_penalty=coverage_penalty, amp=amp, workers=workers)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
+        if tr.sources > 1 and (alignments or attention_stats):
+            raise NmtError(f"--{'alignments' if alignments else 'attention-stats'} names the words of one source; "
+                           f"this model reads {tr.sources} (--attention DIR draws its pictures)")
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)
         src, out = _open_io(input, output)
         try:
             with torch.inference_mode():
+                done = 0  # lines answered so far
                 for lines in read_chunks(src, chunk_lines, err):
-                    hyps = tr.hypotheses(lines, need_attention=report.wanted)
+                    hyps = tr.hypotheses(lines, need_attention=report.wanted, first_line=done + 1)
+                    done += len(lines)
                     texts = [tr.format_nbest(h) if n_best > 1 else (vocab.decode(h[0].tokens) if h else "") for h in hyps]
                     if report.wanted:
                         aligned = report.add(lines, hyps)
@@ -171,6 +177,7 @@ def _open_write(path: Path, option: str):
 
 def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, device):
     from nmt.errors import NmtError
+    from nmt.multisource import num_sources
     from nmt.report import AttentionReport, attention_shape, check_heads, encoder_self_attention, parse_heads
 
     head_list = parse_heads(heads)
@@ -179,7 +186,7 @@ def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, de
     encoder_attention = encoder_self_attention(model, vocab, device) if encoder else None
     if encoder and not pictures:
         raise NmtError("--encoder-attention draws pictures: it needs --attention DIR")
-    if encoder_attention is not None and encoder_attention(".") is None:
+    if encoder_attention is not None and encoder_attention("\t".join("." * num_sources(model))) is None:
         raise NmtError("--encoder-attention: this model's encoder has no self-attention (an LSTM encoder); "
                        "leave the option out")
     align_file = None if alignments in (None, "-") else _open_write(Path(alignments), "--alignments")
@@ -187,5 +194,5 @@ def _report(vocab, pictures, encoder, alignments, stats, layer, heads, model, de
         vocab, picture_dir=pictures, alignments=align_file,
         stats=_open_write(stats, "--attention-stats") if stats else None,
         layer=layer, heads=head_list, encoder_attention=encoder_attention,
-        inline_alignments=alignments == "-",
+        inline_alignments=alignments == "-", sources=num_sources(model),
     )

@@ -218,3 +218,56 @@ class RecurrentAttention(nn.Module):
         _, weights = attend(scores, prepared["att_v"], (mask[:, None] & window[0])[:, :, None])
         weights = weights[:, :, 0] * window[1]  # (B, N, S)
         return self.mix(weights, prepared), weights
+
+
+# -- multiple sources (nmt.multisource): the keys are N source segments side by side ---------------
+
+
+def attend_per_source(scores: Tensor, values: Tensor, mask: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+    """:func:`attend` within each of ``n`` source segments: one softmax per source.
+
+    Args:
+        scores: ``(..., T, N*S')``, the keys being N segments of S' positions side by side.
+        values: ``(..., N*S', Dv)``.
+        mask: bool ``(B, N*S')`` key mask (True = real), or None.
+
+    Returns:
+        per-source contexts ``c^n_t = sum_s a^n_ts v_s`` ``(..., N, T, Dv)`` and weights
+        ``(..., N, T, S')``; each source's row sums to 1 (0 for a source with no real position).
+    """
+    *lead, t, s = scores.shape
+    w = s // n
+    per_source = scores.reshape(*lead, t, n, w).transpose(-3, -2)  # (..., N, T, S')
+    v = values.reshape(*lead, n, w, values.shape[-1])  # (..., N, S', Dv)
+    if mask is not None:  # (B, N*S') -> (B, 1.., N, 1, S')
+        mask = mask.reshape(mask.shape[0], *([1] * (len(lead) - 1)), n, 1, w)
+    return attend(per_source, v, mask)
+
+
+def side_by_side(weights: Tensor) -> Tensor:
+    """Per-source weights ``(..., N, T, S')`` -> ``(..., T, N*S')``, in the keys' layout."""
+    return weights.transpose(-3, -2).flatten(-2)
+
+
+def mix_sources(weights: Tensor, beta_scores: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Hierarchical combination (Libovický & Helcl 2017): a second attention over the sources.
+
+        beta_t = softmax_n(e_tn),  c_t = sum_n beta_tn c^n_t = sum_n sum_s beta_tn a^n_ts v_s
+
+    so the context is one weighted sum over all positions with weights ``beta_tn a^n_ts``.
+
+    Args:
+        weights: per-source weights ``a^n`` ``(..., N, T, S')`` (:func:`attend_per_source`).
+        beta_scores: ``e`` ``(..., T, N)``, how well query t matches source n's context.
+        present: bool, broadcastable to ``beta_scores``: False = a source with no real position
+            (it gets beta = 0), or None.
+
+    Returns:
+        the weights over all positions ``(..., T, N*S')`` (each row sums to 1), and beta ``(..., T, N)``.
+    """
+    scores = beta_scores.float()
+    if present is not None:
+        scores = scores.masked_fill(~present, torch.finfo(torch.float32).min)
+    beta = torch.softmax(scores, dim=-1)  # (..., T, N)
+    beta = (beta if present is None else beta * present).to(weights.dtype)
+    return side_by_side(weights * beta.transpose(-1, -2).unsqueeze(-1)), beta

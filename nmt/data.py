@@ -44,12 +44,23 @@ class Batch:
 
 class ParallelIds:
     """The encoded pairs of one split, kept as flat id tensors + offsets, and their gold piece
-    links (``{"links": (N, 2), "offsets"}``, :func:`nmt.guided.pack_links`) when given."""
+    links (``{"links": (N, 2), "offsets"}``, :func:`nmt.guided.pack_links`) when given.
+
+    With several sources (``packed["more_src"]``, :mod:`nmt.multisource`) a batch's ``src`` holds
+    them side by side, each in a segment as wide as the batch's longest source, and ``src_len``
+    is that padded width (``sources x`` the longest of the example's sources)."""
 
     def __init__(self, packed: dict, links: dict | None = None):
-        self.src, self.tgt, self.links = packed["src"], packed["tgt"], links
-        self.src_len = (self.src["offsets"][1:] - self.src["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
-        self.tgt_len = (self.tgt["offsets"][1:] - self.tgt["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
+        self.srcs, self.tgt, self.links = [packed["src"], *packed.get("more_src", [])], packed["tgt"], links
+        self.src, self.sources = self.srcs[0], len(self.srcs)
+        lengths = torch.stack([self._lengths(side) for side in self.srcs])  # (N, n)
+        self.src_len = lengths.max(0).values * self.sources
+        self.tgt_len = self._lengths(self.tgt)
+
+    @staticmethod
+    def _lengths(side: dict) -> Tensor:
+        """Tokens of each sequence with its EOS (or BOS), after truncation to MAX_TOKENS."""
+        return (side["offsets"][1:] - side["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
 
     @classmethod
     def load(cls, path: Path, links: bool = False) -> "ParallelIds":
@@ -74,19 +85,22 @@ class ParallelIds:
 
     def collate(self, indices: list[int]) -> Batch:
         n = len(indices)
-        s_len = int(self.src_len[indices].max())
+        width = int(self.src_len[indices].max()) // self.sources  # each source's segment
         t_len = int(self.tgt_len[indices].max())
-        src = torch.full((n, s_len), PAD_ID, dtype=torch.long)
+        src = torch.full((n, self.sources, width), PAD_ID, dtype=torch.long)  # (B, N, S')
         tin = torch.full((n, t_len), PAD_ID, dtype=torch.long)
         tout = torch.full((n, t_len), PAD_ID, dtype=torch.long)
         for row, i in enumerate(indices):
-            s, t = self._seq(self.src, i), self._seq(self.tgt, i)
-            src[row, : len(s)] = s
-            src[row, len(s)] = EOS_ID
+            for k, side in enumerate(self.srcs):
+                s = self._seq(side, i)
+                src[row, k, : len(s)] = s
+                src[row, k, len(s)] = EOS_ID
+            t = self._seq(self.tgt, i)
             tin[row, 0] = BOS_ID
             tin[row, 1 : len(t) + 1] = t
             tout[row, : len(t)] = t
             tout[row, len(t)] = EOS_ID
+        src = src.view(n, -1)  # (B, N*S')
         if self.links is None:
             return Batch(src, tin, tout)
         from nmt.guided import gold_matrix
@@ -94,7 +108,7 @@ class ParallelIds:
         offsets = self.links["offsets"]
         links = [self.links["links"][int(offsets[i]) : int(offsets[i + 1])] for i in indices]
         links = [l[(l < MAX_TOKENS - 1).all(1)] for l in links]  # none onto the EOS of a truncated sequence
-        return Batch(src, tin, tout, gold_matrix(links, t_len, s_len))  # align (B, T, S)
+        return Batch(src, tin, tout, gold_matrix(links, t_len, width))  # align (B, T, S)
 
 
 def make_batches(

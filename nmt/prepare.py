@@ -9,6 +9,11 @@ Output folder::
     valid.ids.pt, valid.src, valid.ref     (when given) ids + cleaned text for BLEU
     test.ids.pt,  test.src,  test.ref      (when given)
 
+Several source files (``--train-src`` given N times, or ``--src-lang de --src-lang fr``) make a
+multi-source corpus (:mod:`nmt.multisource`): a training example is kept only if each of its
+sources passes the filters against the target, the SentencePiece model learns from every source
+and the target, and ``valid.src``/``test.src`` hold the N sources of a line joined by TABs.
+
 Only the training pairs are filtered (length and ratio); valid/test lines are whitespace-normalised
 but never dropped, so references stay aligned with their sources.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 import torch
 
 from nmt.errors import NmtError
+from nmt.multisource import SEPARATOR
 from nmt.vocab import Vocab, train_sentencepiece
 
 _SPACE = re.compile(r"\s+")
@@ -57,25 +63,38 @@ def read_lines(path: Path) -> list[str]:
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 
-def read_parallel(src: Path, tgt: Path) -> tuple[list[str], list[str]]:
-    """Read two files that must have the same number of lines; normalise every line."""
-    a, b = read_lines(src), read_lines(tgt)
-    if len(a) != len(b):
-        raise NmtError(f"{src} has {len(a)} lines but {tgt} has {len(b)}; parallel files must match line by line")
-    return [normalise(x) for x in a], [normalise(x) for x in b]
+def read_parallel(*paths: Path) -> tuple[list[str], ...]:
+    """Read files that must have the same number of lines (sources..., target); normalise every line."""
+    texts = [read_lines(p) for p in paths]
+    for path, text in zip(paths[1:], texts[1:]):
+        if len(text) != len(texts[0]):
+            raise NmtError(f"{paths[0]} has {len(texts[0])} lines but {path} has {len(text)}; parallel files must "
+                           "match line by line")
+    return tuple([normalise(x) for x in text] for text in texts)
+
+
+def read_sources(*paths: Path) -> tuple[list[str], list[str]]:
+    """Files ``(source_1, ..., source_N, target)`` -> source lines (the N sources of a line joined
+    by TABs, :mod:`nmt.multisource`) and target lines."""
+    *sources, tgt = read_parallel(*paths)
+    return [SEPARATOR.join(fields) for fields in zip(*sources)], tgt
 
 
 def clean_pairs(src: list[str], tgt: list[str], max_words: int, max_ratio: float) -> tuple[list[int], Counter]:
-    """Indices of the pairs to keep and a count of dropped pairs per reason."""
+    """Indices of the pairs to keep and a count of dropped pairs per reason (with several
+    TAB-joined sources, each source against the target)."""
     keep, dropped = [], Counter()
     for i, (s, t) in enumerate(zip(src, tgt)):
-        ns, nt = len(s.split()), len(t.split())
-        if ns == 0 or nt == 0:
-            dropped["empty"] += 1
-        elif ns > max_words or nt > max_words:
-            dropped["too_long"] += 1
-        elif max(ns, nt) / min(ns, nt) > max_ratio:
-            dropped["ratio"] += 1
+        nt, reason = len(t.split()), None
+        for ns in (len(field.split()) for field in s.split(SEPARATOR)):
+            if ns == 0 or nt == 0:
+                reason = "empty"
+            elif ns > max_words or nt > max_words:
+                reason = reason or "too_long"
+            elif max(ns, nt) / min(ns, nt) > max_ratio:
+                reason = reason or "ratio"
+        if reason:
+            dropped[reason] += 1
         else:
             keep.append(i)
     return keep, dropped
@@ -91,8 +110,15 @@ def pack(seqs: list[list[int]], vocab_size: int) -> dict[str, torch.Tensor]:
     return {"ids": flat, "offsets": offsets}
 
 
-def encode_split(vocab: Vocab, src: list[str], tgt: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    return {"src": pack(vocab.encode(src), len(vocab)), "tgt": pack(vocab.encode(tgt), len(vocab))}
+def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1) -> dict:
+    """``{"src": packed ids, "tgt": packed ids}``; with N > 1 TAB-joined sources, ``"src"`` is the
+    first source and ``"more_src"`` the list of the others."""
+    fields = [line.split(SEPARATOR) for line in src] if sources > 1 else [[line] for line in src]
+    packed = [pack(vocab.encode([f[i] for f in fields]), len(vocab)) for i in range(sources)]
+    out = {"src": packed[0], "tgt": pack(vocab.encode(tgt), len(vocab))}
+    if sources > 1:
+        out["more_src"] = packed[1:]
+    return out
 
 
 _OTHER_SPACE = re.compile(r"[^\S \t]")  # whitespace other than space and TAB (NBSP, thin space, ...)
@@ -153,19 +179,25 @@ def _piece_alignments(links: list[list[tuple[int, int]]], texts: tuple[list[str]
 
 def prepare(
     out_dir: Path,
-    train: tuple[Path, Path],
-    valid: tuple[Path, Path] | None = None,
-    test: tuple[Path, Path] | None = None,
-    langs: tuple[str, str] = ("src", "tgt"),
+    train: tuple[Path, ...],
+    valid: tuple[Path, ...] | None = None,
+    test: tuple[Path, ...] | None = None,
+    langs: tuple[str, ...] = ("src", "tgt"),
     options: PrepareOptions = PrepareOptions(),
     log=print,
     train_align: Path | None = None,
 ) -> dict:
     """Run the whole preparation; returns the summary also written to ``prepare.json``.
+    ``train``/``valid``/``test``: the files ``(source_1, ..., source_N, target)`` (N = 1 usually).
     ``train_align``: Pharaoh word alignments of the training pairs, one line per pair."""
     if options.model_type not in ("unigram", "bpe"):
         raise NmtError(f"unknown SentencePiece model type {options.model_type!r}; valid: unigram, bpe")
-    src, tgt = read_parallel(*train)
+    sources = len(train) - 1
+    if sources < 1 or any(split is not None and len(split) != len(train) for split in (valid, test)):
+        raise NmtError("every split needs the same source files and one target file")
+    if train_align and sources > 1:
+        raise NmtError("--train-align needs a single source (word links name one source's words)")
+    src, tgt = read_sources(*train)
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio)
     if not keep:
@@ -174,16 +206,17 @@ def prepare(
     log(f"train: read {len(keep) + sum(dropped.values())} pairs, kept {len(keep)}, dropped "
         + (", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"))
     try:
-        model_bytes = train_sentencepiece(src + tgt, options.vocab_size, options.model_type, options.character_coverage)
+        pieces_text = [field for line in src for field in line.split(SEPARATOR)] if sources > 1 else src
+        model_bytes = train_sentencepiece(pieces_text + tgt, options.vocab_size, options.model_type, options.character_coverage)
     except ValueError as e:
         raise NmtError(f"{train[0]}: {e}; lower --vocab-size") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "prepare.json").unlink(missing_ok=True)  # written last: its presence marks a finished prepare
     (out_dir / "spm.model").write_bytes(model_bytes)
     vocab = Vocab(model_bytes)
-    encoded = encode_split(vocab, src, tgt)
+    encoded = encode_split(vocab, src, tgt, sources)
     torch.save(encoded, out_dir / "train.ids.pt")
-    summary = {"langs": list(langs), "options": asdict(options), "vocab_size": len(vocab),
+    summary = {"langs": list(langs), "sources": sources, "options": asdict(options), "vocab_size": len(vocab),
                "train": {"kept": len(keep), "dropped": dict(dropped)}}
     (out_dir / "train.align.pt").unlink(missing_ok=True)  # an old one would not match these pairs
     if align_links is not None:
@@ -196,10 +229,10 @@ def prepare(
     for name, pair in (("valid", valid), ("test", test)):
         if pair is None:
             continue
-        s, t = read_parallel(*pair)
+        s, t = read_sources(*pair)
         (out_dir / f"{name}.src").write_text("".join(x + "\n" for x in s), encoding="utf-8")
         (out_dir / f"{name}.ref").write_text("".join(x + "\n" for x in t), encoding="utf-8")
-        torch.save(encode_split(vocab, s, t), out_dir / f"{name}.ids.pt")
+        torch.save(encode_split(vocab, s, t, sources), out_dir / f"{name}.ids.pt")
         summary[name] = {"lines": len(s)}
         log(f"{name}: {len(s)} pairs (not filtered)")
     (out_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")

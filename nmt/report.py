@@ -14,8 +14,10 @@ from typing import TextIO
 import torch
 
 from nmt.alignment import attention_stats, merge_to_words, pharaoh, select_heads
+from nmt.multisource import num_sources, pack_sources, split_fields
 from nmt.search import Hypothesis
 from nmt.visualize import attention_figures, write_attention_page
+from nmt.vocab import PAD_ID
 
 
 @dataclass
@@ -31,6 +33,7 @@ class AttentionReport:
     threshold: float = 0.5
     encoder_attention: object = None  # callable(line) -> (L, H, S, S) or None
     inline_alignments: bool = False  # alignments go into a TAB column of the translation output
+    sources: int = 1  # the model's sources (nmt.multisource): with several, pictures only
     items: list = field(default_factory=list)
     line_no: int = 0
 
@@ -52,19 +55,17 @@ class AttentionReport:
         return aligned
 
     def _one(self, line: str, hyp: Hypothesis) -> str:
-        from nmt.translate import clean_line
-
-        src_ids = self.vocab.encode([clean_line(line)])[0]
-        src_ids = src_ids[: hyp.attention.shape[-1] - 1]
-        src_pieces, tgt_pieces = self.vocab.pieces(src_ids), self.vocab.pieces(hyp.tokens)
         att = hyp.attention  # (T+1, L, H, S+1), EOS row and column included
-        chosen = select_heads(att, self.layer, self.heads)[:-1, :-1]  # (T, S) without EOS
-        word_att = merge_to_words(chosen, src_pieces, tgt_pieces)
-        if self.stats:
+        labels_src, tgt_pieces = source_labels(self.vocab, line, self.sources, att.shape[-1]), self.vocab.pieces(hyp.tokens)
+        word_att = None
+        if self.sources == 1:  # word alignments name the words of one source
+            chosen = select_heads(att, self.layer, self.heads)[:-1, :-1]  # (T, S) without EOS
+            word_att = merge_to_words(chosen, labels_src[:-1], tgt_pieces)
+        if self.stats and word_att is not None:
             record = {"line": self.line_no + 1, **attention_stats(word_att, self.threshold)}
             self.stats.write(json.dumps(record) + "\n")
         if self.picture_dir is not None:
-            labels_src, labels_tgt = src_pieces + ["</s>"], tgt_pieces + ["</s>"]
+            labels_tgt = tgt_pieces + ["</s>"]
             figures = attention_figures(att, labels_src, labels_tgt)
             enc = self.encoder_attention(line) if self.encoder_attention is not None else None
             if enc is not None:  # (L, H, S, S): rows and columns are both source pieces
@@ -72,7 +73,7 @@ class AttentionReport:
                             for l in range(enc.shape[0])]
             self.items.append({"index": self.line_no, "source": line, "output": self.vocab.decode(hyp.tokens),
                                "score": hyp.score, "figures": figures})
-        return pharaoh(word_att)
+        return "" if word_att is None else pharaoh(word_att)
 
     def close(self) -> Path | None:
         if self.picture_dir is None:
@@ -80,16 +81,35 @@ class AttentionReport:
         return write_attention_page(self.picture_dir, self.items)
 
 
+def source_labels(vocab, line: str, sources: int, width: int) -> list[str]:
+    """The labels of the ``width`` source positions a hypothesis's attention has: each source's
+    pieces (cut to what the search read) and its ``</s>``."""
+    from nmt.translate import clean_line
+
+    fields = [clean_line(f) for f in split_fields(line, sources)]
+    ids = vocab.encode(fields)
+    if sources == 1:
+        return vocab.pieces(ids[0][: width - 1]) + ["</s>"]
+    return [label for seq in ids for label in vocab.pieces(seq) + ["</s>"]][:width]
+
+
 def encoder_self_attention(model, vocab, device):
-    """A function line -> encoder self-attention ``(L, H, S, S)`` for models that expose it."""
+    """A function line -> encoder self-attention ``(L, H, S, S)`` over the real positions, for
+    models that expose it."""
     from nmt.translate import clean_line
     from nmt.vocab import EOS_ID
 
+    n = num_sources(model)
+
     @torch.inference_mode()
     def run(line: str):
-        ids = vocab.encode([clean_line(line)])[0] + [EOS_ID]
-        enc = model.encode(torch.tensor([ids], device=device), need_attention=True)
-        return enc["self_attn"][0].float().cpu() if "self_attn" in enc else None
+        ids = [seq + [EOS_ID] for seq in vocab.encode([clean_line(f) for f in split_fields(line, n)])]
+        src = pack_sources([ids], n).to(device)  # (1, S)
+        enc = model.encode(src, need_attention=True)
+        if "self_attn" not in enc:
+            return None
+        real = (src[0] != PAD_ID).cpu()
+        return enc["self_attn"][0].float().cpu()[..., real, :][..., real]  # (L, H, S_real, S_real)
 
     return run
 
@@ -99,7 +119,7 @@ def attention_shape(model, device) -> tuple[int, int]:
     """``(L, H)`` of the attention a model's ``step`` returns, from one step on a one-token source."""
     from nmt.vocab import BOS_ID, EOS_ID
 
-    state = model.init_state(model.encode(torch.tensor([[EOS_ID]], device=device)))
+    state = model.init_state(model.encode(torch.full((1, num_sources(model)), EOS_ID, device=device)))
     _, _, attn = model.step(torch.tensor([BOS_ID], device=device), state, need_attention=True)  # (1, L, H, S)
     return attn.shape[1], attn.shape[2]
 

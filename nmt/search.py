@@ -103,7 +103,7 @@ def beam_search(
     enc = model.encode(src)
     src_mask = enc["src_mask"]  # (B, S)
     limit = max_lengths(src_mask, max_len_a, max_len_b)  # (B,)
-    src_len = src_mask.sum(1).tolist()
+    real = src_mask.cpu() if need_attention else None  # (B, S): the positions a hypothesis's attention keeps
     n, k, dev = src.shape[0], beam, src.device
     shared = getattr(model, "shares_source_rows", False) and k > 1  # src_* entries: one row per sentence
     state = model.init_state(enc)  # one row per sentence until the first step has made the k beams
@@ -134,7 +134,7 @@ def beam_search(
         step_attn = attn.view(n, kk, 1, *attn.shape[1:]) if need_attention else None  # (n, kk, 1, L, H, S)
         if ends.any():
             best_done = _finish(found, ends, top, top_rank, cand_tok.shape[-1], ids, history, step_attn,
-                                attn_hist, best_done, src_len)
+                                attn_hist, best_done, real)
         live = (top_tok == EOS_ID).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (n, k): first k not ending
         top, top_rank = top.gather(1, live), top_rank.gather(1, live)
         parent, tok = top // cand_tok.shape[-1], cand_tok.view(n, -1).gather(1, top)
@@ -229,7 +229,7 @@ def topk_last(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values.view(*x.shape[:-1], k), indices.view(*x.shape[:-1], k)
 
 
-def _finish(found, ends, top, top_rank, width, ids, history, step_attn, attn_hist, best_done, src_len) -> Tensor:
+def _finish(found, ends, top, top_rank, width, ids, history, step_attn, attn_hist, best_done, real) -> Tensor:
     """Record this step's finished hypotheses and return the new ``best_done``.
 
     ends ``(n, c)`` marks the candidates that finish (c = 2k, or k + 1 at the first step), top /
@@ -237,7 +237,8 @@ def _finish(found, ends, top, top_rank, width, ids, history, step_attn, attn_his
     sentences' indices, history ``(n, kk, t)``, step_attn ``(n, kk, 1, L, H, S)`` and attn_hist
     ``(n, kk, t, L, H, S)`` (None without attention), best_done ``(n, n_best)``. Each sentence
     keeps its ``n_best`` best, best first; tokens and scores come to Python in one transfer, the
-    attention in one CPU copy.
+    attention in one CPU copy, and only over the real source positions (``real (B, S)``, on the CPU:
+    with several sources, the PAD inside the segments goes too).
     """
     n_best = best_done.shape[1]
     who, col = ends.nonzero(as_tuple=True)  # (m,) sentence rows, positions among the k best
@@ -248,7 +249,7 @@ def _finish(found, ends, top, top_rank, width, ids, history, step_attn, attn_his
         attention = (a if attn_hist is None else torch.cat([attn_hist[who, parent], a], 1)).float().cpu()
     for i, (sid, toks, score) in enumerate(zip(ids[who].tolist(), history[who, parent].tolist(),
                                               top_rank[who, col].tolist())):
-        att = attention[i, ..., : src_len[sid]] if attention is not None else None
+        att = attention[i][..., real[sid]] if attention is not None else None
         found[sid] = sorted([*found[sid], Hypothesis(toks, score, att)], key=lambda h: -h.score)[:n_best]
     return torch.cat([best_done, top_rank.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1).values
 

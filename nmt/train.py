@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -101,7 +101,7 @@ class Trainer:
             raise NmtError(f"{data_dir}/train.ids.pt: the training corpus is empty")
         self.valid_data = ParallelIds.load(data_dir / "valid.ids.pt") if (data_dir / "valid.ids.pt").exists() else None
         self.valid_text = self._valid_text(data_dir)
-        config.model.vocab_size = len(self.vocab)
+        config.model = self._fill_in(config.model, data_dir)
         random.seed(self.tc.seed)
         torch.manual_seed(self.tc.seed)
         self.model = build_model(config.model_kind, config.model).to(self.device)
@@ -117,6 +117,17 @@ class Trainer:
         self.stop = Stop()
         if resume:
             self._resume()
+
+    def _fill_in(self, model_config, data_dir: Path):
+        """The model fields the prepared data decides: the vocabulary size and the number of sources."""
+        sources = self.train_data.sources
+        if self.valid_data is not None and self.valid_data.sources != sources:
+            raise NmtError(f"{data_dir}: valid.ids.pt has {self.valid_data.sources} source(s), train.ids.pt {sources}; "
+                           "run nmt prepare again")
+        try:
+            return replace(model_config, vocab_size=len(self.vocab), sources=sources)
+        except ValueError as e:  # a switch that needs a single source, on multi-source data
+            raise NmtError(f"{data_dir} has {sources} sources per example: {e}") from None
 
     def _check_guided(self, data_dir: Path) -> None:
         """train.guided_alignment needs the corpus's alignments and a layer and head the model has."""

@@ -3,7 +3,9 @@
 Guarantees: exactly one output line per input line, in input order. An empty or whitespace-only
 line gives an empty line; invalid UTF-8 is decoded with replacement characters; a line longer
 than ``max_src_tokens`` pieces is truncated (with one warning); control characters and TABs
-inside a line are treated as spaces. Output is written and flushed chunk by chunk.
+inside a line are treated as spaces. Output is written and flushed chunk by chunk. A model of N > 1
+sources reads the N sources of a line separated by TABs (:mod:`nmt.multisource`); another number
+of fields is a one-line error naming the line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import BinaryIO, Callable, Iterator
 import torch
 
 from nmt.device import amp_warning, autocast, check_amp
+from nmt.multisource import num_sources, pack_sources, split_fields
 from nmt.search import Hypothesis, beam_search
 from nmt.vocab import EOS_ID, PAD_ID
 
@@ -152,13 +155,12 @@ def map_in_threads(fn: Callable, items: list, workers: int) -> list:
             torch.set_num_threads(total)
 
 
-def search_batch(model, opt: SearchOptions, device: torch.device, seqs: list[list[int]],
+def search_batch(model, opt: SearchOptions, device: torch.device, seqs: list[list[list[int]]],
                  need_attention: bool) -> list[list[Hypothesis]]:
-    """Beam search over one batch of id sequences (padded into ``(B, S)``) under the options'
-    autocast, which is thread-local and so is set here, in the thread that searches."""
-    src = torch.full((len(seqs), max(map(len, seqs))), PAD_ID, dtype=torch.long)  # (B, S)
-    for row, seq in enumerate(seqs):
-        src[row, : len(seq)] = torch.tensor(seq)
+    """Beam search over one batch: per sentence the id sequences of its N sources, padded into
+    ``(B, N * S')`` (:func:`nmt.multisource.pack_sources`), under the options' autocast, which is
+    thread-local and so is set here, in the thread that searches."""
+    src = pack_sources(seqs, len(seqs[0]))  # (B, S)
     with autocast(device, opt.amp, "--amp"):
         return beam_search(model, src.to(device), opt.beam, opt.max_len_a, opt.max_len_b, opt.alpha, opt.n_best,
                            need_attention, opt.coverage_penalty)
@@ -188,35 +190,52 @@ class Translator:
     def __init__(self, model, vocab, options: SearchOptions = SearchOptions(), device="cpu",
                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
         self.model, self.vocab, self.opt, self.device, self.warn = model, vocab, options, torch.device(device), warn
+        self.sources = num_sources(model)
         self._warned: set[str] = set()  # the warnings given once already
         autocast(self.device, options.amp, "--amp")  # an unknown or unusable --amp fails here, before any input
         check_amp(model, self.device, options.amp, "--amp")
         if (warning := amp_warning(self.device, options.amp, "--amp")) is not None:
             warn(warning)
 
-    def _encode(self, lines: list[str]) -> list[list[int]]:
-        ids = self.vocab.encode(lines)
+    def _encode(self, lines: list[list[str]]) -> list[list[list[int]]]:
+        """Per line its sources' ids, each truncated to ``max_src_tokens`` and ending in EOS."""
+        ids = iter(self.vocab.encode([field for fields in lines for field in fields]))
         out = []
-        for seq in ids:
-            if len(seq) > self.opt.max_src_tokens:
-                self._warn_once(f"warning: input lines longer than {self.opt.max_src_tokens} pieces are truncated")
-                seq = seq[: self.opt.max_src_tokens]
-            out.append(seq + [EOS_ID])
+        for fields in lines:
+            out.append([])
+            for seq in (next(ids) for _ in fields):
+                if len(seq) > self.opt.max_src_tokens:
+                    self._warn_once(f"warning: input lines longer than {self.opt.max_src_tokens} pieces are truncated")
+                    seq = seq[: self.opt.max_src_tokens]
+                out[-1].append(seq + [EOS_ID])
         return out
 
-    def hypotheses(self, lines: list[str], need_attention: bool = False) -> list[list[Hypothesis]]:
-        """The n-best hypotheses per line (an empty list for an empty line), in input order."""
-        cleaned = [clean_line(x) for x in lines]
+    def sources_of(self, lines: list[str], first_line: int = 1) -> list[list[str]]:
+        """Per line its cleaned sources: one, or the model's N TAB-separated ones (a wrong number
+        is an error naming the line, counted from ``first_line``); ``[]`` for an empty line."""
+        out = []
+        for number, line in enumerate(lines, first_line):
+            if not clean_line(line):
+                out.append([])
+            else:
+                out.append([clean_line(f) for f in split_fields(line, self.sources, f"input line {number}")])
+        return out
+
+    def hypotheses(self, lines: list[str], need_attention: bool = False, first_line: int = 1) -> list[list[Hypothesis]]:
+        """The n-best hypotheses per line (an empty list for an empty line), in input order.
+        ``first_line``: the number of ``lines[0]`` in the whole input, for error messages."""
+        cleaned = self.sources_of(lines, first_line)
         todo = [i for i, x in enumerate(cleaned) if x]
         results: list[list[Hypothesis]] = [[] for _ in lines]
         if not todo:
             return results
         ids = self._encode([cleaned[i] for i in todo])
-        order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
+        lengths = [len(ids[j]) * max(map(len, ids[j])) for j in range(len(todo))]  # N x the longest source
+        order = sorted(range(len(todo)), key=lambda j: lengths[j])
         self.model.eval()
         size, tokens = batch_limits(self.opt, self.device)
         budget = max(1, tokens // self.opt.beam) if tokens else 0  # sentences x longest
-        batches = [[order[i] for i in chunk] for chunk in length_batches([len(ids[j]) for j in order], size, budget)]
+        batches = [[order[i] for i in chunk] for chunk in length_batches([lengths[j] for j in order], size, budget)]
 
         workers = decode_workers(self.opt.workers, self.device, torch.get_num_threads())
         search = partial(search_in_halves, partial(search_batch, self.model, self.opt, self.device,

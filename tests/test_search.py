@@ -245,7 +245,7 @@ def test_out_of_memory_searches_the_batch_in_halves(monkeypatch):
         sizes.append(len(seqs))
         if len(seqs) > limit["n"]:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return [[tr_mod.Hypothesis([seq[0]], 0.0)] for seq in seqs]
+        return [[tr_mod.Hypothesis([seq[0][0]], 0.0)] for seq in seqs]
 
     monkeypatch.setattr(tr_mod, "search_batch", fake_search)
     vocab = type("V", (), {"encode": lambda self, xs: [[int(x)] for x in xs]})()

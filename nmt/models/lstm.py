@@ -41,6 +41,7 @@ from nmt.hard import (BASELINE_DECAY, choose_positions, entropy, marginal_log_pr
 from nmt.monotonic import chunkwise, expected_alignment, hard_alignment
 from nmt.models.dropout import Dropout
 from nmt.models.output import ModelOutput, step_log_probs
+from nmt.multisource import merge_rows, source_index, source_rows
 from nmt.vocab import PAD_ID
 
 
@@ -77,9 +78,15 @@ class LSTMConfig:
     hard: str = "none"  # none | reinforce | exact
     hard_entropy: float = 0.01  # entropy bonus lambda_H of REINFORCE
     vocab_size: int = 8000  # filled in from the SentencePiece model at training time
+    # source sentences per example, filled in from the prepared data (nmt.multisource): one shared encoder,
+    # the decoder attends over all sources' states at once (flat; the Transformer has serial and hierarchical too)
+    sources: int = 1
 
     def __post_init__(self):
         checks = [
+            (self.sources >= 1, f"model.sources must be >= 1, got {self.sources}"),
+            (self.sources == 1 or (self.local == "none" and not self.monotonic),
+             "model.local and model.monotonic read one source left to right: they need a single source"),
             (self.score in SCORES, f"model.score must be one of {', '.join(SCORES)}, got {self.score!r}"),
             (self.attention_position in ("after", "before"),
              f"model.attention_position must be after or before, got {self.attention_position!r}"),
@@ -120,6 +127,8 @@ class LSTMModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.embed_size, padding_idx=PAD_ID)
         nn.init.normal_(self.embed.weight, 0.0, c.embed_size**-0.5)
         self.drop = Dropout(c.dropout)
+        # several sources share the encoder; a learned vector per source, added to its embeddings, tells them apart
+        self.source_embed = nn.Embedding(c.sources, c.embed_size) if c.sources > 1 else None
         self.encoder = nn.LSTM(c.embed_size, h // 2, c.encoder_layers, batch_first=True, bidirectional=True,
                                dropout=c.dropout if c.encoder_layers > 1 else 0.0)
         self.bridge = nn.ModuleList(nn.Linear(h, h) for _ in range(2)) if c.bridge == "learned" else None
@@ -141,18 +150,27 @@ class LSTMModel(nn.Module):
 
     def encode(self, src: Tensor, need_attention: bool = False) -> dict[str, Tensor]:
         """src ``(B, S)`` -> memory ``(B, S, H)`` (zeros at padding), src_mask ``(B, S)``, and the
-        final states ``h_n``/``c_n`` ``(B, layers, H)`` (both directions concatenated)."""
-        mask = src != PAD_ID
+        final states ``h_n``/``c_n`` ``(B, layers, H)`` (both directions concatenated). With N
+        sources side by side in src (:mod:`nmt.multisource`) each is encoded on its own row, the
+        memory keeps that layout and the final states are averaged over the sources."""
+        n = self.config.sources
+        rows = source_rows(src, n)  # (B*N, S')
+        mask = rows != PAD_ID
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.drop(self.embed(src)), lengths, batch_first=True, enforce_sorted=False)
+        emb = self.embed(rows)  # (B*N, S', E)
+        if self.source_embed is not None:
+            emb = emb + self.source_embed(source_index(rows.shape[0], n, src.device))[:, None]
+        packed = pack_padded_sequence(self.drop(emb), lengths, batch_first=True, enforce_sorted=False)
         out, (h_n, c_n) = self.encoder(packed)
-        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, H)
+        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=rows.shape[1])  # (B*N, S', H)
 
-        def merge(x: Tensor) -> Tensor:  # (layers*2, B, H/2) -> (B, layers, H)
-            layers = x.shape[0] // 2
-            return x.view(layers, 2, x.shape[1], -1).permute(2, 0, 1, 3).reshape(x.shape[1], layers, -1)
+        def merge(x: Tensor) -> Tensor:  # (layers*2, B*N, H/2) -> (B, layers, H), the mean over sources
+            layers, bn = x.shape[0] // 2, x.shape[1]
+            x = x.view(layers, 2, bn, -1).permute(2, 0, 1, 3).reshape(bn, layers, -1)
+            return x.view(bn // n, n, layers, -1).mean(1) if n > 1 else x
 
-        return {"memory": memory, "src_mask": mask, "h_n": merge(h_n), "c_n": merge(c_n), "src_ids": src}
+        return {"memory": merge_rows(memory, n), "src_mask": merge_rows(mask, n), "h_n": merge(h_n),
+                "c_n": merge(c_n), "src_ids": src}
 
     def init_state(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
         """Batch-first state: h, c ``(B, L, H)``, the attentional vector ``feed`` ``(B, H)``, the

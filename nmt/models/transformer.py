@@ -20,10 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nmt.attention import attend
+from nmt.attention import attend, attend_per_source, mix_sources, side_by_side
 from nmt.models.dropout import Dropout
 from nmt.models.output import ModelOutput, step_log_probs
+from nmt.multisource import merge_rows, segments, source_index, source_rows
 from nmt.vocab import PAD_ID
+
+
+COMBINE = ("flat", "serial", "hierarchical")
 
 
 @dataclass
@@ -42,9 +46,16 @@ class TransformerConfig:
     scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) before adding positions
     tie_embeddings: bool = True  # one matrix for source, target and output (joint vocabulary)
     vocab_size: int = 8000  # filled in from the SentencePiece model at training time
+    sources: int = 1  # source sentences per example: filled in from the prepared data (nmt.multisource)
+    # how the decoder reads several sources (Libovický et al. 2018): flat = one attention over all of them;
+    # serial = one encoder-decoder attention sublayer per source, one after another; hierarchical = one
+    # attention per source, then a second attention over the N contexts
+    combine: str = "flat"  # flat | serial | hierarchical
 
     def __post_init__(self):
-        sizes = ("encoder_layers", "decoder_layers", "d_model", "heads", "ff_size", "vocab_size")
+        if self.combine not in COMBINE:
+            raise ValueError(f"model.combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
+        sizes = ("encoder_layers", "decoder_layers", "d_model", "heads", "ff_size", "vocab_size", "sources")
         for k in sizes:
             if getattr(self, k) < 1:
                 raise ValueError(f"model.{k} must be >= 1, got {getattr(self, k)!r}")
@@ -107,16 +118,36 @@ class MultiHeadAttention(nn.Module):
     ``scaled_dot_product_attention`` unless the weights are asked for (then the same math runs
     through :func:`nmt.attention.attend` and the per-head weights come back) or it is one query
     per sentence on a CPU (a decoding step), where the two plain matmuls of ``attend`` are faster.
+
+    ``sources = N > 1`` with ``hierarchical``: the keys are N source segments side by side
+    (:mod:`nmt.multisource`), and each head attends within each source, then over the N contexts
+    (:meth:`over_sources`; Libovický & Helcl 2017).
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, sources: int = 1, hierarchical: bool = False):
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
-        self.heads, self.dropout = heads, dropout
+        self.heads, self.dropout, self.sources = heads, dropout, sources
         self.q_proj = nn.Linear(d_model, d_model)
         self.kv_proj = nn.Linear(d_model, 2 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.beta_proj = nn.Linear(d_model, d_model, bias=False) if hierarchical and sources > 1 else None
+
+    def over_sources(self, q: Tensor, scores: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Hierarchical attention over N sources, per head: ``a^n_t = softmax_s`` of the scores
+        within source n, contexts ``c^n_t = sum_s a^n_ts v_s``, then
+        ``beta_tn = softmax_n(q_t . W_beta c^n_t / sqrt(Dh))`` (W_beta acts on the heads' contexts
+        together). q ``(B, H, T, Dh)``, scores ``(B, H, T, S)``, v ``(B, H, S, Dh)``, mask ``(B, S)``
+        -> weights ``beta_tn a^n_ts`` ``(B, H, T, S)``, each row summing to 1."""
+        n = self.sources
+        contexts, per_source = attend_per_source(scores, v, mask, n)  # (B, H, N, T, Dh), (B, H, N, T, S')
+        b, h, _, t, dh = contexts.shape
+        merged = contexts.permute(0, 2, 3, 1, 4).reshape(b, n, t, h * dh)  # (B, N, T, D)
+        keys = self.beta_proj(merged).view(b, n, t, h, dh).permute(0, 3, 1, 2, 4)  # (B, H, N, T, Dh)
+        beta_scores = (keys * q.unsqueeze(2)).sum(-1).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, N)
+        present = None if mask is None else mask.view(b, 1, 1, n, -1).any(-1)  # (B, 1, 1, N)
+        return mix_sources(per_source, beta_scores, present)[0]  # (B, H, T, S)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, S, D)`` -> keys, values, each ``(B, H, S, D/H)``."""
@@ -150,6 +181,7 @@ class MultiHeadAttention(nn.Module):
         if g > 1:
             q = q.view(-1, g, h, t, dh).transpose(1, 2).reshape(-1, h, g * t, dh)  # (B/g, H, g*T, Dh)
         p = self.dropout if self.training else 0.0
+        key_mask = mask  # (B, S)
         if mask is not None:
             mask = mask[:, None, None, :]  # (B, 1, 1, S)
         if causal:  # (training-time self-attention: g == 1)
@@ -158,7 +190,10 @@ class MultiHeadAttention(nn.Module):
             mask = future if mask is None else mask & future
         # One query per sentence on a CPU (a decoding step): two small matmuls beat the fused
         # kernel's per-call set-up.
-        if not need_weights and (q.is_cuda or t > 1):
+        if self.beta_proj is not None:  # over several sources: always the explicit path
+            weights = self.over_sources(q, q @ k.transpose(-1, -2) / math.sqrt(dh), v, key_mask)  # (B, H, T, S)
+            out = (F.dropout(weights, p) if p else weights) @ v
+        elif not need_weights and (q.is_cuda or t > 1):
             out, weights = fused_attention(q, k, v, mask, p), None
         else:
             scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
@@ -211,12 +246,48 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Self-attention, encoder-decoder attention, feed-forward. With N > 1 sources and
+    ``combine = "serial"`` the encoder-decoder sublayer is N sublayers, source 1's first, each with
+    its own parameters and reading only its source's segment (Libovický et al. 2018's serial
+    combination; Marian's multi-transformer): ``cross_attn``/``s2`` for source 1, ``more_cross``/
+    ``more_s2`` for the others."""
+
     def __init__(self, c: TransformerConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
-        self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout, c.sources,
+                                             hierarchical=c.combine == "hierarchical")
         self.ff = FeedForward(c.d_model, c.ff_size, c.activation_dropout)
         self.s1, self.s2, self.s3 = (Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(3))
+        serial = c.combine == "serial" and c.sources > 1
+        self.sources = c.sources if serial else 1  # the number of encoder-decoder sublayers
+        self.more_cross = nn.ModuleList(MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+                                        for _ in range(self.sources - 1))
+        self.more_s2 = nn.ModuleList(Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(self.sources - 1))
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder-decoder keys and values of the memory ``(B, S, D)``: ``(B, H, S, Dh)`` each
+        (serial: each source's segment projected by its own sublayer, laid side by side)."""
+        if self.sources == 1:
+            return self.cross_attn.project_kv(memory)
+        kv = [attn.project_kv(m) for attn, m in zip([self.cross_attn, *self.more_cross], segments(memory, self.sources, 1))]
+        return torch.cat([k for k, _ in kv], dim=2), torch.cat([v for _, v in kv], dim=2)
+
+    def cross(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+              need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """The encoder-decoder sublayer(s): x ``(B, T, D)`` -> ``(B, T, D)``, weights ``(B, H, T, S)``
+        (serial: each source's weights in its segment, each row of a segment summing to 1)."""
+        if self.sources == 1:
+            y, w = self.cross_attn(self.s2.inp(x), *cross_kv, mask=src_mask, need_weights=need_weights)
+            return self.s2.out(x, y), w
+        n, weights = self.sources, []
+        parts = zip([self.cross_attn, *self.more_cross], [self.s2, *self.more_s2], segments(cross_kv[0], n, 2),
+                    segments(cross_kv[1], n, 2), segments(src_mask, n, 1))
+        for attn, sub, k, v, mask in parts:
+            y, w = attn(sub.inp(x), k, v, mask=mask, need_weights=need_weights)
+            x = sub.out(x, y)
+            weights.append(w)
+        return x, torch.cat(weights, dim=-1) if need_weights else None
 
     def forward(
         self,
@@ -237,10 +308,19 @@ class DecoderLayer(nn.Module):
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         y, _ = self.self_attn(h, k, v, causal=cache is None)
-        x = self.s1.out(x, y)
-        y, w = self.cross_attn(self.s2.inp(x), *cross_kv, mask=src_mask, need_weights=need_weights)
-        x = self.s2.out(x, y)
+        x, w = self.cross(self.s1.out(x, y), cross_kv, src_mask, need_weights)
         return self.s3.out(x, self.ff(self.s3.inp(x))), w, (k, v)
+
+
+def block_diagonal(weights: Tensor, n: int) -> Tensor:
+    """Per-row self-attention ``(B*N, L, H, S', S')`` -> ``(B, L, H, N*S', N*S')``, source i's in block i."""
+    if n == 1:
+        return weights
+    bn, l, h, w, _ = weights.shape
+    out = weights.new_zeros(bn // n, l, h, n * w, n * w)
+    for i, block in enumerate(weights.view(bn // n, n, l, h, w, w).unbind(1)):
+        out[..., i * w : (i + 1) * w, i * w : (i + 1) * w] = block
+    return out
 
 
 class Transformer(nn.Module):
@@ -264,11 +344,16 @@ class Transformer(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         self.enc_norm = nn.LayerNorm(d) if c.pre_norm else nn.Identity()
         self.dec_norm = nn.LayerNorm(d) if c.pre_norm else nn.Identity()
+        # several sources share the encoder; a learned vector per source, added to its embeddings,
+        # tells them apart (the positions of every source start at 0)
+        self.source_embed = nn.Embedding(c.sources, d) if c.sources > 1 else None
 
     # -- helpers -------------------------------------------------------------------------------
-    def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
+    def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int = 0, extra: Tensor | None = None) -> Tensor:
         x = emb(tokens) * self.emb_scale  # (B, T, D)
         x = x + sinusoidal_positions(tokens.shape[1], self.config.d_model, start, tokens.device).to(x.dtype)
+        if extra is not None:  # (B, D): the same vector at every position of a row
+            x = x + extra[:, None].to(x.dtype)
         return self.drop(x)  # (B, T, D)
 
     def _logits(self, h: Tensor) -> Tensor:
@@ -280,16 +365,21 @@ class Transformer(nn.Module):
     # -- the contract ----------------------------------------------------------------------------
     def encode(self, src: Tensor, need_attention: bool = False) -> dict[str, Tensor]:
         """src ``(B, S)`` ids -> ``{"memory": (B, S, D), "src_mask": (B, S)}`` (+ ``"self_attn"``
-        ``(B, L, H, S, S)`` when ``need_attention``)."""
-        mask = src != PAD_ID  # (B, S)
-        x = self._embed(self.embed, src)
+        ``(B, L, H, S, S)`` when ``need_attention``). With N sources, src holds N segments side by
+        side (:mod:`nmt.multisource`): each is encoded on its own row and the memory keeps the layout;
+        the self-attention is then block-diagonal (a source never attends to another)."""
+        n = self.config.sources
+        rows = source_rows(src, n)  # (B*N, S')
+        mask = rows != PAD_ID  # (B*N, S')
+        extra = None if self.source_embed is None else self.source_embed(source_index(rows.shape[0], n, src.device))
+        x = self._embed(self.embed, rows, extra=extra)
         weights = []
         for layer in self.encoder:
             x, w = layer(x, mask, need_weights=need_attention)
             weights.append(w)
-        enc = {"memory": self.enc_norm(x), "src_mask": mask}
+        enc = {"memory": merge_rows(self.enc_norm(x), n), "src_mask": merge_rows(mask, n)}  # (B, S, D), (B, S)
         if need_attention:
-            enc["self_attn"] = torch.stack(weights, dim=1)
+            enc["self_attn"] = block_diagonal(torch.stack(weights, dim=1), n)  # (B, L, H, S, S)
         return enc
 
     def init_state(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -300,7 +390,7 @@ class Transformer(nn.Module):
         state = {"src_mask": enc["src_mask"], "step": memory.new_zeros(b, dtype=torch.long)}
         empty = memory.new_zeros(b, h, 0, self.config.d_model // h)
         for i, layer in enumerate(self.decoder):
-            state[f"src_k{i}"], state[f"src_v{i}"] = layer.cross_attn.project_kv(memory)
+            state[f"src_k{i}"], state[f"src_v{i}"] = layer.project_memory(memory)
             state[f"self_k{i}"], state[f"self_v{i}"] = empty, empty
         return state
 
@@ -334,7 +424,7 @@ class Transformer(nn.Module):
         x = self._embed(self.tgt_embed, tgt_in)
         weights = []
         for layer in self.decoder:
-            cross = layer.cross_attn.project_kv(enc["memory"])
+            cross = layer.project_memory(enc["memory"])
             x, w, _ = layer(x, cross, enc["src_mask"], need_weights=need_attention)
             weights.append(w)
         attn = torch.stack(weights, dim=1) if need_attention else None

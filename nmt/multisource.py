@@ -1,0 +1,83 @@
+"""Multiple sources (Zoph & Knight 2016; Libovický & Helcl 2017; Libovický et al. 2018): N source
+sentences, e.g. German and French, translated together into one target.
+
+Text form: the N sources of one example are one line, joined by TABs (what ``paste`` writes):
+``nmt translate`` reads them so, and ``nmt prepare`` writes ``valid.src``/``test.src`` so. An empty
+field is a missing source (Nishimura et al. 2018): it is encoded as its EOS alone.
+
+Tensor form: one ``(B, N * S')`` id tensor, source n in columns ``[n S', (n+1) S')``, each segment
+its ids + EOS, PAD-padded to the longest segment ``S'`` of the batch. Every model-contract tensor
+stays ``(B, S)`` with ``S = N S'``: the memory, the source mask (True = a real position), the
+attention, the coverage. A single-source batch is the case N = 1. A model encodes the segments as
+``B N`` rows of one shared encoder (:func:`source_rows`; a learned embedding of the source index
+tells the sources apart) and lays the states back side by side (:func:`merge_rows`); how the
+decoder combines them is the model's ``combine`` switch (``flat``, ``serial``, ``hierarchical``;
+:mod:`nmt.attention`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nmt.errors import NmtError
+from nmt.vocab import PAD_ID
+
+SEPARATOR = "\t"
+
+
+def num_sources(model) -> int:
+    """How many sources a model reads (its config's ``sources``; 1 for a model without the field)."""
+    return getattr(getattr(model, "config", None), "sources", 1)
+
+
+def split_fields(line: str, n: int, where: str = "input") -> list[str]:
+    """The n TAB-separated sources of one line. A line of a single-source model is one field
+    (its TABs are spaces). A wrong number of fields is an error naming ``where``."""
+    if n == 1:
+        return [line]
+    fields = line.split(SEPARATOR)
+    if len(fields) != n:
+        raise NmtError(f"{where}: {len(fields)} TAB-separated source(s), but the model reads {n} "
+                       f"(one field per source, in the order of nmt prepare's sources; an empty field is a missing source)")
+    return fields
+
+
+def pack_sources(seqs: list[list[list[int]]], n: int) -> Tensor:
+    """Per example its n id lists (each ending in EOS) -> ``(B, n * S')``, each source in its own
+    PAD-padded segment of width ``S'`` (the longest list of the batch)."""
+    width = max(len(s) for example in seqs for s in example)
+    src = torch.full((len(seqs), n, width), PAD_ID, dtype=torch.long)  # (B, N, S')
+    for row, example in enumerate(seqs):
+        for i, seq in enumerate(example):
+            src[row, i, : len(seq)] = torch.as_tensor(seq)
+    return src.view(len(seqs), n * width)  # (B, N*S')
+
+
+def source_rows(src: Tensor, n: int) -> Tensor:
+    """``(B, N*S')`` -> ``(B*N, S')``: each source segment a row of its own (row ``b N + i`` is
+    source i of example b), for an encoder that reads one sentence per row."""
+    b, s = src.shape
+    if s % n:
+        raise ValueError(f"a {n}-source batch needs a width divisible by {n}, got {s}")
+    return src.reshape(b * n, s // n)
+
+
+def source_index(rows: int, n: int, device=None) -> Tensor:
+    """The source of each of the ``B*N`` rows of :func:`source_rows`: ``(B*N,)`` = 0..N-1 repeated."""
+    return torch.arange(rows, device=device) % n
+
+
+def merge_rows(x: Tensor, n: int) -> Tensor:
+    """``(B*N, S', ...)`` -> ``(B, N*S', ...)``: the rows of one example side by side again."""
+    return x.reshape(x.shape[0] // n, n * x.shape[1], *x.shape[2:])
+
+
+def segments(x: Tensor, n: int, dim: int = -1) -> list[Tensor]:
+    """The n source segments of ``x`` along ``dim`` (views)."""
+    return list(x.chunk(n, dim=dim)) if n > 1 else [x]
+
+
+def check_sources(data_sources: int, model_sources: int, what: str) -> None:
+    if data_sources != model_sources:
+        raise NmtError(f"{what}: the data has {data_sources} source(s) per example but the model reads {model_sources}")
