@@ -84,13 +84,13 @@ class AttentionReport:
 def source_labels(vocab, line: str, sources: int, width: int) -> list[str]:
     """The labels of the ``width`` source positions a hypothesis's attention has: each source's
     pieces (cut to what the search read) and its ``</s>``."""
-    from nmt.translate import clean_line
+    from nmt.translate import SearchOptions, clean_line
 
-    fields = [clean_line(f) for f in split_fields(line, sources)]
-    ids = vocab.encode(fields)
+    limit = SearchOptions().max_src_tokens  # what Translator cuts each source to
+    ids = vocab.encode([clean_line(f) for f in split_fields(line, sources)])
     if sources == 1:
         return vocab.pieces(ids[0][: width - 1]) + ["</s>"]
-    return [label for seq in ids for label in vocab.pieces(seq) + ["</s>"]][:width]
+    return [label for seq in ids for label in vocab.pieces(seq[:limit]) + ["</s>"]][:width]
 
 
 def encoder_self_attention(model, vocab, device):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.models import reorder, reorder_beams
+from nmt.multisource import num_sources
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -51,9 +52,11 @@ def coverage_penalty(coverage: Tensor, src_mask: Tensor, beta: float) -> Tensor:
     return beta * (clipped * src_mask).sum(-1)
 
 
-def max_lengths(src_mask: Tensor, a: float, b: int) -> Tensor:
-    """The longest output allowed per sentence: ``a * |source| + b`` tokens (EOS included). ``(B,)``."""
-    return (src_mask.sum(1).float() * a + b).long().clamp(min=1)
+def max_lengths(src_mask: Tensor, a: float, b: int, sources: int = 1) -> Tensor:
+    """The longest output allowed per sentence: ``a * |source| + b`` tokens (EOS included). ``(B,)``.
+    With N sources side by side in ``src_mask`` (:mod:`nmt.multisource`), |source| is the longest of them."""
+    length = src_mask.view(src_mask.shape[0], sources, -1).sum(-1).amax(-1)  # (B,)
+    return (length.float() * a + b).long().clamp(min=1)
 
 
 @torch.inference_mode()
@@ -102,7 +105,7 @@ def beam_search(
     n_best = min(n_best, beam)
     enc = model.encode(src)
     src_mask = enc["src_mask"]  # (B, S)
-    limit = max_lengths(src_mask, max_len_a, max_len_b)  # (B,)
+    limit = max_lengths(src_mask, max_len_a, max_len_b, num_sources(model))  # (B,)
     real = src_mask.cpu() if need_attention else None  # (B, S): the positions a hypothesis's attention keeps
     n, k, dev = src.shape[0], beam, src.device
     shared = getattr(model, "shares_source_rows", False) and k > 1  # src_* entries: one row per sentence

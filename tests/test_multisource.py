@@ -259,3 +259,11 @@ def test_cli_prepare_train_translate_with_two_sources(tmp_path):
     assert (tmp_path / "pics" / "index.html").exists()
     r = runner.invoke(app, ["attention", "-m", model, "one\tka lo"])
     assert r.exit_code == 0 and "</s>" in r.output, r.output
+
+
+def test_output_length_limit_follows_the_longest_source():
+    from nmt.search import max_lengths
+
+    mask = pack_sources([[[5, 6, 7, EOS_ID], [8, EOS_ID]], [[EOS_ID], [EOS_ID]]], 2) != PAD_ID
+    assert max_lengths(mask, 1.5, 10, sources=2).tolist() == [16, 11]
+    assert max_lengths(mask, 1.5, 10).tolist() == [19, 13]  # read as one source: 6 and 2 positions
