@@ -47,6 +47,7 @@ class TrainConfig:
     guided_alignment: float = 0.0  # lambda of the supervised-attention loss (0 = off; needs nmt prepare --train-align)
     align_layer: int = -1  # which decoder layer's attention it supervises (-1 = last; an LSTM has one)
     align_head: int = 0  # and which head of it (read it with nmt translate --align-layer L --align-heads H)
+    source_dropout: float = 0.0  # multi-source: probability that a source of an example is left out (EOS only) in training
     clip_norm: float = 1.0  # max gradient norm (0 = no clipping)
     max_steps: int = 0  # stop after this many updates (0 = no limit)
     max_epochs: int = 0  # stop after this many epochs (0 = no limit)
@@ -78,6 +79,7 @@ class TrainConfig:
             (self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup!r}"),
             (0 < self.plateau_factor <= 1, f"train.plateau_factor must be in (0, 1], got {self.plateau_factor!r}"),
             (0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"),
+            (0 <= self.source_dropout < 1, f"train.source_dropout must be in [0, 1), got {self.source_dropout!r}"),
             (self.amp in AMPS, f"unknown train.amp {self.amp!r}; valid: {', '.join(AMPS)}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
              f"unknown train.device {self.device!r}; valid: cpu, cuda, cuda:N, auto"),

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from nmt.errors import NmtError
-from nmt.vocab import PAD_ID
+from nmt.vocab import EOS_ID, PAD_ID
 
 SEPARATOR = "\t"
 
@@ -76,6 +76,22 @@ def merge_rows(x: Tensor, n: int) -> Tensor:
 def segments(x: Tensor, n: int, dim: int = -1) -> list[Tensor]:
     """The n source segments of ``x`` along ``dim`` (views)."""
     return list(x.chunk(n, dim=dim)) if n > 1 else [x]
+
+
+def drop_sources(src: Tensor, n: int, p: float, generator: torch.Generator) -> Tensor:
+    """Source dropout for training: each source of each example is left out with probability p
+    (its segment becomes its EOS alone, as a missing source reads), so that the model learns to
+    translate when a source is missing (Nishimura et al. 2018 fill missing sources with a <NULL>
+    token). An example that would lose every source keeps them all. src ``(B, N*S')`` -> the same
+    shape, a new tensor; the draw is a function of ``generator`` only (CPU)."""
+    b = src.shape[0]
+    drop = torch.rand(b, n, generator=generator) < p  # (B, N)
+    drop &= ~drop.all(1, keepdim=True)
+    out = src.view(b, n, -1).clone()  # (B, N, S')
+    drop = drop.to(src.device)
+    out[drop] = PAD_ID
+    out[..., 0] = torch.where(drop, EOS_ID, out[..., 0])
+    return out.view(b, -1)
 
 
 def check_sources(data_sources: int, model_sources: int, what: str) -> None:

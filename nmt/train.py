@@ -30,6 +30,7 @@ from nmt.errors import NmtError
 from nmt.guided import alignment_loss
 from nmt.loss import coverage_loss, fuse_output_projection, output_loss
 from nmt.models import build_model
+from nmt.multisource import drop_sources
 from nmt.schedules import SCHEDULES
 from nmt.vocab import PAD_ID, Vocab
 
@@ -124,6 +125,9 @@ class Trainer:
         if self.valid_data is not None and self.valid_data.sources != sources:
             raise NmtError(f"{data_dir}: valid.ids.pt has {self.valid_data.sources} source(s), train.ids.pt {sources}; "
                            "run nmt prepare again")
+        if self.tc.source_dropout > 0 and sources == 1:
+            raise NmtError(f"train.source_dropout leaves out one of several sources, but {data_dir} has one "
+                           "(nmt prepare --src-lang de --src-lang fr ...)")
         try:
             return replace(model_config, vocab_size=len(self.vocab), sources=sources)
         except ValueError as e:  # a switch that needs a single source, on multi-source data
@@ -216,6 +220,12 @@ class Trainer:
         target tokens), or None when the loss was not finite and the batch was skipped."""
         self.ddp_model.train()
         tokens = self.dist.sum(sum(b.target_tokens for b in batches))
+        if self.tc.source_dropout > 0:  # a draw per (seed, update, batch, rank): a resumed run draws the same
+            batches = [replace(b, src=drop_sources(b.src, self.train_data.sources, self.tc.source_dropout,
+                                                   torch.Generator().manual_seed(
+                                                       ((self.tc.seed * 1_000_003 + self.step) * 257 + i) * 4099
+                                                       + self.dist.rank)))
+                       for i, b in enumerate(batches)]
         loss_total, nll_total = 0.0, 0.0
         for i, batch in enumerate(batches):
             if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute

@@ -267,3 +267,29 @@ def test_output_length_limit_follows_the_longest_source():
     mask = pack_sources([[[5, 6, 7, EOS_ID], [8, EOS_ID]], [[EOS_ID], [EOS_ID]]], 2) != PAD_ID
     assert max_lengths(mask, 1.5, 10, sources=2).tolist() == [16, 11]
     assert max_lengths(mask, 1.5, 10).tolist() == [19, 13]  # read as one source: 6 and 2 positions
+
+
+def test_source_dropout_leaves_sources_out_but_never_all():
+    from nmt.multisource import drop_sources
+
+    seqs = [[[5, 6, EOS_ID], [7, EOS_ID]]] * 200
+    src = pack_sources(seqs, 2)
+    out = drop_sources(src, 2, 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(out, drop_sources(src, 2, 0.4, torch.Generator().manual_seed(0)))  # a function of the seed
+    segments = out.view(200, 2, 3)
+    missing = (segments == torch.tensor([EOS_ID, PAD_ID, PAD_ID])).all(-1)  # (B, N)
+    kept = (segments == src.view(200, 2, 3)).all(-1)
+    assert (missing | kept).all() and not missing.all(1).any()
+    assert 0.2 < missing.float().mean() < 0.45  # p = 0.4, less the examples that would have lost both
+    assert torch.equal(drop_sources(src, 2, 0.0, torch.Generator().manual_seed(0)), src)
+
+
+def test_source_dropout_trains_and_needs_several_sources(pick, tmp_path):
+    _, prepared = pick
+    cfg = load_config(None, [f'data.dir="{prepared}"', *TINY, "train.max_steps=3", "train.source_dropout=0.5"])
+    Trainer(cfg, tmp_path / "run", log=lambda m: None).run()
+    single = tmp_path / "single"
+    prepare(single, (prepared / "valid.ref", prepared / "valid.ref"), options=PrepareOptions(vocab_size=20),
+            log=lambda m: None)
+    with pytest.raises(NmtError, match="train.source_dropout leaves out one of several sources"):
+        Trainer(load_config(None, [f'data.dir="{single}"', *TINY, "train.source_dropout=0.5"]), tmp_path / "b")
