@@ -93,7 +93,3 @@ def drop_sources(src: Tensor, n: int, p: float, generator: torch.Generator) -> T
     out[..., 0] = torch.where(drop, EOS_ID, out[..., 0])
     return out.view(b, -1)
 
-
-def check_sources(data_sources: int, model_sources: int, what: str) -> None:
-    if data_sources != model_sources:
-        raise NmtError(f"{what}: the data has {data_sources} source(s) per example but the model reads {model_sources}")
