@@ -52,7 +52,7 @@ class ParallelIds:
 
     def __init__(self, packed: dict, links: dict | None = None):
         self.srcs, self.tgt, self.links = [packed["src"], *packed.get("more_src", [])], packed["tgt"], links
-        self.src, self.sources = self.srcs[0], len(self.srcs)
+        self.sources = len(self.srcs)
         lengths = torch.stack([self._lengths(side) for side in self.srcs])  # (N, n)
         self.src_len = lengths.max(0).values * self.sources
         self.tgt_len = self._lengths(self.tgt)

@@ -134,12 +134,13 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.beta_proj = nn.Linear(d_model, d_model, bias=False) if hierarchical and sources > 1 else None
 
-    def over_sources(self, q: Tensor, scores: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def over_sources(self, q: Tensor, scores: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Hierarchical attention over N sources, per head: ``a^n_t = softmax_s`` of the scores
         within source n, contexts ``c^n_t = sum_s a^n_ts v_s``, then
         ``beta_tn = softmax_n(q_t . W_beta c^n_t / sqrt(Dh))`` (W_beta acts on the heads' contexts
         together). q ``(B, H, T, Dh)``, scores ``(B, H, T, S)``, v ``(B, H, S, Dh)``, mask ``(B, S)``
-        -> weights ``beta_tn a^n_ts`` ``(B, H, T, S)``, each row summing to 1."""
+        -> the context ``sum_n beta_tn c^n_t`` ``(B, H, T, Dh)`` and the weights ``beta_tn a^n_ts``
+        ``(B, H, T, S)``, each row summing to 1."""
         n = self.sources
         contexts, per_source = attend_per_source(scores, v, mask, n)  # (B, H, N, T, Dh), (B, H, N, T, S')
         b, h, _, t, dh = contexts.shape
@@ -147,7 +148,8 @@ class MultiHeadAttention(nn.Module):
         keys = self.beta_proj(merged).view(b, n, t, h, dh).permute(0, 3, 1, 2, 4)  # (B, H, N, T, Dh)
         beta_scores = (keys * q.unsqueeze(2)).sum(-1).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, N)
         present = None if mask is None else mask.view(b, 1, 1, n, -1).any(-1)  # (B, 1, 1, N)
-        return mix_sources(per_source, beta_scores, present)[0]  # (B, H, T, S)
+        weights, beta = mix_sources(per_source, beta_scores, present)  # (B, H, T, S), (B, H, T, N)
+        return (beta.transpose(-1, -2).unsqueeze(-1) * contexts).sum(2), weights  # (B, H, T, Dh)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, S, D)`` -> keys, values, each ``(B, H, S, D/H)``."""
@@ -191,8 +193,9 @@ class MultiHeadAttention(nn.Module):
         # One query per sentence on a CPU (a decoding step): two small matmuls beat the fused
         # kernel's per-call set-up.
         if self.beta_proj is not None:  # over several sources: always the explicit path
-            weights = self.over_sources(q, q @ k.transpose(-1, -2) / math.sqrt(dh), v, key_mask)  # (B, H, T, S)
-            out = (F.dropout(weights, p) if p else weights) @ v
+            out, weights = self.over_sources(q, q @ k.transpose(-1, -2) / math.sqrt(dh), v, key_mask)
+            if p:  # dropout on the weights over all positions: the context again from them
+                out = F.dropout(weights, p) @ v
         elif not need_weights and (q.is_cuda or t > 1):
             out, weights = fused_attention(q, k, v, mask, p), None
         else:
