@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nmt.agreement import COSTS
 from nmt.device import AMPS
 from nmt.errors import NmtError
 from nmt.models import model_config_class
@@ -47,6 +48,8 @@ class TrainConfig:
     guided_alignment: float = 0.0  # lambda of the supervised-attention loss (0 = off; needs nmt prepare --train-align)
     align_layer: int = -1  # which decoder layer's attention it supervises (-1 = last; an LSTM has one)
     align_head: int = 0  # and which head of it (read it with nmt translate --align-layer L --align-heads H)
+    agreement: float = 0.0  # lambda of bidirectional agreement: train a target->source model too (0 = off; nmt.agreement)
+    agreement_cost: str = "trace"  # trace (Cohn et al. 2016) | squared (Cheng et al. 2016); on align_layer/align_head
     source_dropout: float = 0.0  # multi-source: probability that a source of an example is left out (EOS only) in training
     clip_norm: float = 1.0  # max gradient norm (0 = no clipping)
     max_steps: int = 0  # stop after this many updates (0 = no limit)
@@ -68,7 +71,7 @@ class TrainConfig:
         positive = ("batch_tokens", "accumulate", "valid_every", "valid_beam", "log_every")
         not_negative = ("max_steps", "max_epochs", "max_minutes", "valid_max_sentences", "save_every", "patience",
                         "threads", "clip_norm", "weight_decay", "coverage_loss", "plateau_patience", "min_lr",
-                        "guided_alignment", "align_head")
+                        "guided_alignment", "align_head", "agreement")
         checks = [
             *((getattr(self, k) >= 1, f"train.{k} must be >= 1, got {getattr(self, k)!r}") for k in positive),
             *((getattr(self, k) >= 0, f"train.{k} must be >= 0, got {getattr(self, k)!r}") for k in not_negative),
@@ -80,6 +83,8 @@ class TrainConfig:
             (0 < self.plateau_factor <= 1, f"train.plateau_factor must be in (0, 1], got {self.plateau_factor!r}"),
             (0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"),
             (0 <= self.source_dropout < 1, f"train.source_dropout must be in [0, 1), got {self.source_dropout!r}"),
+            (self.agreement_cost in COSTS,
+             f"unknown train.agreement_cost {self.agreement_cost!r}; valid: {', '.join(COSTS)}"),
             (self.amp in AMPS, f"unknown train.amp {self.amp!r}; valid: {', '.join(AMPS)}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
              f"unknown train.device {self.device!r}; valid: cpu, cuda, cuda:N, auto"),

@@ -94,10 +94,11 @@ def aer(hypothesis: set[tuple[int, int]], sure: set[tuple[int, int]], possible: 
 
 
 def guided_head(ckpt: dict) -> tuple[int, int] | None:
-    """``(layer, head)`` trained with ``train.guided_alignment`` (from a checkpoint's stored
-    config), or None for a model trained without it."""
+    """``(layer, head)`` trained with ``train.guided_alignment`` or ``train.agreement`` (from a
+    checkpoint's stored config), or None for a model trained with neither."""
     train = ckpt.get("meta", {}).get("config", {}).get("train", {})
-    return (train.get("align_layer", -1), train.get("align_head", 0)) if train.get("guided_alignment", 0) > 0 else None
+    trained = train.get("guided_alignment", 0) > 0 or train.get("agreement", 0) > 0
+    return (train.get("align_layer", -1), train.get("align_head", 0)) if trained else None
 
 
 def default_heads(ckpt: dict, layer: int | None, heads: str | None) -> tuple[int, str | None]:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from nmt.agreement import agreement_cost, reverse_batch
 from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from nmt.config import RunConfig, model_differences
 from nmt.data import ParallelIds, epoch_batches
@@ -31,52 +30,9 @@ from nmt.guided import alignment_loss
 from nmt.loss import coverage_loss, fuse_output_projection, output_loss
 from nmt.models import build_model
 from nmt.multisource import drop_sources
+from nmt.runtime import Stop, peak_rss_mb, rng_state, set_rng_state
 from nmt.schedules import SCHEDULES
 from nmt.vocab import PAD_ID, Vocab
-
-
-class Stop:
-    """Turns the first SIGINT/SIGTERM into a request to save and stop; a second one exits at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.signum = 0  # the signal that asked (the command's exit status is then 128 + signum)
-
-    def install(self) -> None:
-        def handler(signum, frame):
-            if self.requested:
-                print("\nsecond interrupt: exiting without saving", file=sys.stderr)
-                os._exit(130)
-            self.requested, self.signum = True, signum
-            print("\ninterrupt: saving last.pt after this update (press Ctrl-C again to quit now)", file=sys.stderr)
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 class Trainer:
@@ -107,10 +63,13 @@ class Trainer:
         torch.manual_seed(self.tc.seed)
         self.model = build_model(config.model_kind, config.model).to(self.device)
         check_amp(self.model, self.device, self.tc.amp)
-        if self.tc.guided_alignment > 0:
-            self._check_guided(data_dir)
+        # bidirectional agreement (nmt.agreement): a target->source model of the same shape, trained alongside
+        self.reverse = build_model(config.model_kind, config.model).to(self.device) if self.tc.agreement > 0 else None
+        if self.tc.guided_alignment > 0 or self.tc.agreement > 0:
+            self._check_head(data_dir)
         self.ddp_model = self.dist.wrap(self.model)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, betas=self.tc.adam_betas,
+        self.ddp_reverse = self.dist.wrap(self.reverse) if self.reverse is not None else None
+        self.opt = torch.optim.Adam(self._parameters(), lr=self.tc.lr, betas=self.tc.adam_betas,
                                     eps=1e-9, weight_decay=self.tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.tc.amp == "fp16" else None
         self.step, self.epoch, self.position, self.elapsed = 0, 0, 0, 0.0
@@ -125,6 +84,9 @@ class Trainer:
         if self.valid_data is not None and self.valid_data.sources != sources:
             raise NmtError(f"{data_dir}: valid.ids.pt has {self.valid_data.sources} source(s), train.ids.pt {sources}; "
                            "run nmt prepare again")
+        if self.tc.agreement > 0 and sources > 1:
+            raise NmtError(f"train.agreement trains a target->source model, which needs one source, but {data_dir} "
+                           f"has {sources}")
         if self.tc.source_dropout > 0 and sources == 1:
             raise NmtError(f"train.source_dropout leaves out one of several sources, but {data_dir} has one "
                            "(nmt prepare --src-lang de --src-lang fr ...)")
@@ -133,15 +95,20 @@ class Trainer:
         except ValueError as e:  # a switch that needs a single source, on multi-source data
             raise NmtError(f"{data_dir} has {sources} sources per example: {e}") from None
 
-    def _check_guided(self, data_dir: Path) -> None:
-        """train.guided_alignment needs the corpus's alignments and a layer and head the model has."""
+    def _parameters(self) -> list:
+        """What the optimizer updates: the model's parameters, then the reverse model's (agreement)."""
+        return [*self.model.parameters(), *(self.reverse.parameters() if self.reverse is not None else ())]
+
+    def _check_head(self, data_dir: Path) -> None:
+        """train.guided_alignment needs the corpus's alignments; it and train.agreement need a
+        layer and head the model's attention has."""
         from nmt.report import attention_shape
 
-        if self.train_data.links is None:
+        if self.tc.guided_alignment > 0 and self.train_data.links is None:
             raise NmtError(f"train.guided_alignment needs gold alignments: {data_dir}/train.align.pt is missing "
                            "(nmt prepare --train-align FILE)")
         layers, heads = attention_shape(self.model, self.device)
-        if not -layers <= self.tc.align_layer < layers or self.tc.align_head >= heads:
+        if not -layers <= self.tc.align_layer < layers or not 0 <= self.tc.align_head < heads:
             raise NmtError(f"train.align_layer {self.tc.align_layer} / train.align_head {self.tc.align_head}: the "
                            f"model's attention has {layers} layer(s) (-{layers}..{layers - 1}) of {heads} head(s)")
 
@@ -164,7 +131,8 @@ class Trainer:
                 "position": self.position, "elapsed": self.elapsed, "best_bleu": self.best_bleu,
                 "bad_validations": self.bad_validations, "lr_scale": self.lr_scale,
                 "plateau_bad": self.plateau_bad, "rng": rng_state(),
-                "scaler": self.scaler.state_dict() if self.scaler else {}}
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "reverse": self.reverse.state_dict() if self.reverse is not None else {}}
 
     def save(self, name: str, bleu: float | None = None) -> None:
         if not self.dist.is_main:
@@ -174,6 +142,10 @@ class Trainer:
                 "train_pairs": len(self.train_data), "config": self.cfg.to_dict()}
         atomic_save(make_checkpoint(self.model, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
                     self.out / name)
+        if self.reverse is not None:  # the target->source model, a checkpoint of its own: best.reverse.pt
+            meta = {**meta, "direction": "reverse", "valid_bleu": None, "best_valid_bleu": None}
+            atomic_save(make_checkpoint(self.reverse, self.cfg.model_kind, self.spm_bytes, meta),
+                        self.out / name.replace(".pt", ".reverse.pt"))
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
@@ -185,6 +157,12 @@ class Trainer:
         t = ckpt.get("training")
         if t is None:
             raise NmtError(f"{path}: has no training state to resume from")
+        if self.reverse is not None:
+            if not t.get("reverse"):
+                raise NmtError(f"{path}: was trained without train.agreement; its optimizer has no reverse model")
+            self.reverse.load_state_dict(t["reverse"])
+        elif t.get("reverse"):
+            raise NmtError(f"{path}: was trained with train.agreement > 0; resume with it")
         self.opt.load_state_dict(t["optimizer"])
         for key in ("step", "epoch", "position", "elapsed", "best_bleu", "bad_validations", "lr_scale", "plateau_bad"):
             setattr(self, key, t[key])
@@ -226,30 +204,26 @@ class Trainer:
                                                        ((self.tc.seed * 1_000_003 + self.step) * 257 + i) * 4099
                                                        + self.dist.rank)))
                        for i, b in enumerate(batches)]
-        loss_total, nll_total = 0.0, 0.0
+        loss_total, nll_total, self.reverse_nll = 0.0, 0.0, 0.0
         for i, batch in enumerate(batches):
             if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
                 batch = batch.apply(lambda t: t.pin_memory())
             batch = batch.to(self.device, non_blocking=True)
-            sync = self.dist.no_sync(self.ddp_model) if i < len(batches) - 1 else nullcontext()
-            with sync:
+            with ExitStack() as sync:
+                if i < len(batches) - 1:  # gradients are all-reduced after the last batch only
+                    for ddp in (self.ddp_model, self.ddp_reverse):
+                        if ddp is not None:
+                            sync.enter_context(self.dist.no_sync(ddp))
                 with autocast(self.device, self.tc.amp):
-                    lam, guide = self.tc.coverage_loss, self.tc.guided_alignment
-                    out = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0 or guide > 0,
-                                         targets=batch.tgt_out, project=not fuse_output_projection(self.device))
-                    loss, nll = output_loss(out, batch.tgt_out, self.tc.label_smoothing)
-                    if out.aux_loss is not None:  # a mechanism's own objective (hard attention's REINFORCE surrogate)
-                        loss = loss + out.aux_loss
-                    if lam > 0:  # attention (B, L, H, T, S) -> averaged over layers and heads
-                        loss = loss + lam * coverage_loss(out.attention.float().mean((1, 2)), batch.tgt_out != PAD_ID)
-                    if guide > 0:  # one head of one layer against the gold links (nmt.guided)
-                        head = out.attention[:, self.tc.align_layer, self.tc.align_head].float()  # (B, T, S)
-                        loss = loss + guide * alignment_loss(head, batch.align)
+                    loss, nll = self._batch_loss(batch)
                 scaled = loss * self.dist.world / tokens  # DDP averages over ranks: sum / all tokens
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_total += float(loss.detach())
             nll_total += float(nll)
         loss_total, nll_total = self.dist.sum_float(loss_total), self.dist.sum_float(nll_total)
+        if self.reverse is not None:  # the reverse model predicts the sources: nll per source token
+            self.reverse_nll = self.dist.sum_float(self.reverse_nll) / self.dist.sum(
+                sum(int((b.src != PAD_ID).sum()) for b in batches))
         if not math.isfinite(loss_total):
             self.opt.zero_grad(set_to_none=True)
             if self.tc.nan_policy == "stop":
@@ -265,7 +239,7 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.opt)
         if self.tc.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.clip_norm)
+            torch.nn.utils.clip_grad_norm_(self._parameters(), self.tc.clip_norm)
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -273,6 +247,40 @@ class Trainer:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss_total / tokens, nll_total / tokens, tokens
+
+    def _batch_loss(self, batch):
+        """(loss, nll) of one batch as scalar sums: the output loss plus every objective the config
+        switches on."""
+        lam, guide, agree = self.tc.coverage_loss, self.tc.guided_alignment, self.tc.agreement
+        out = self.ddp_model(batch.src, batch.tgt_in, need_attention=lam > 0 or guide > 0 or agree > 0,
+                             targets=batch.tgt_out, project=not fuse_output_projection(self.device))
+        loss, nll = output_loss(out, batch.tgt_out, self.tc.label_smoothing)
+        if out.aux_loss is not None:  # a mechanism's own objective (hard attention's REINFORCE surrogate)
+            loss = loss + out.aux_loss
+        if lam > 0:  # attention (B, L, H, T, S) -> averaged over layers and heads
+            loss = loss + lam * coverage_loss(out.attention.float().mean((1, 2)), batch.tgt_out != PAD_ID)
+        if guide > 0:  # one head of one layer against the gold links (nmt.guided)
+            head = out.attention[:, self.tc.align_layer, self.tc.align_head].float()  # (B, T, S)
+            loss = loss + guide * alignment_loss(head, batch.align)
+        if agree > 0:  # the reverse model on the same pairs, and the two attentions' disagreement
+            loss = loss + self._reverse_loss(batch, out)
+        return loss, nll
+
+    def _reverse_loss(self, batch, out):
+        """The target->source model's loss on ``batch`` turned round, plus ``train.agreement`` x the
+        agreement cost between the two models' attention at (align_layer, align_head): a scalar
+        sum, divided with the rest by the forward target tokens (:mod:`nmt.agreement`)."""
+        back = reverse_batch(batch)
+        rout = self.ddp_reverse(back.src, back.tgt_in, need_attention=True, targets=back.tgt_out,
+                                project=not fuse_output_projection(self.device))
+        loss, nll = output_loss(rout, back.tgt_out, self.tc.label_smoothing)
+        if rout.aux_loss is not None:
+            loss = loss + rout.aux_loss
+        self.reverse_nll += float(nll)
+        layer, head = self.tc.align_layer, self.tc.align_head
+        cost = agreement_cost(out.attention[:, layer, head], rout.attention[:, layer, head], batch,  # (B, T, S), (B, S, T)
+                              self.tc.agreement_cost)
+        return loss + self.tc.agreement * cost
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -321,6 +329,7 @@ class Trainer:
                             metrics.write(json.dumps({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
                                                       "loss": loss, "ppl": math.exp(min(nll, 50)),
                                                       "lr": self.lr_at(self.step), "tgt_tok_s": round(rate, 1),
+                                                      **self._reverse_metrics(),
                                                       "elapsed_s": round(self.elapsed, 1),
                                                       "peak_rss_mb": round(peak_rss_mb(), 1)}) + "\n")
                             metrics.flush()
@@ -338,6 +347,10 @@ class Trainer:
             if metrics:
                 metrics.close()
         return self._finish(reason)
+
+    def _reverse_metrics(self) -> dict:
+        """The reverse model's training perplexity for the log (agreement), else nothing."""
+        return {"reverse_ppl": math.exp(min(self.reverse_nll, 50))} if self.reverse is not None else {}
 
     def _last_update(self, epoch_batches: int) -> bool:
         """Whether the run ends after this update (so that a run shorter than ``log_every`` logs its

@@ -252,6 +252,8 @@ def test_alignments_default_to_the_guided_head():
     assert guided_head(ckpt) == (-2, 1)
     assert guided_head({"meta": {"config": {"train": {**train, "guided_alignment": 0.0}}}}) is None
     assert guided_head({"meta": {}}) is None
+    agreed = {**train, "guided_alignment": 0.0, "agreement": 1.0}  # train.agreement trains the same head
+    assert guided_head({"meta": {"config": {"train": agreed}}}) == (-2, 1)
     assert default_heads(ckpt, None, None) == (-2, "1")
     assert default_heads(ckpt, None, "0,1") == (-2, "0,1")  # naming only the heads keeps the guided layer
     assert default_heads(ckpt, -1, None) == (-1, None)  # another layer: all its heads

@@ -293,3 +293,5 @@ def test_source_dropout_trains_and_needs_several_sources(pick, tmp_path):
             log=lambda m: None)
     with pytest.raises(NmtError, match="train.source_dropout leaves out one of several sources"):
         Trainer(load_config(None, [f'data.dir="{single}"', *TINY, "train.source_dropout=0.5"]), tmp_path / "b")
+    with pytest.raises(NmtError, match="train.agreement trains a target->source model, which needs one source"):
+        Trainer(load_config(None, [f'data.dir="{prepared}"', *TINY, "train.agreement=1.0"]), tmp_path / "c")

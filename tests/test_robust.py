@@ -169,9 +169,12 @@ def test_interrupted_training_exits_128_plus_the_signal(monkeypatch, tmp_path, s
     assert CliRunner().invoke(app, ["train", "-o", str(tmp_path / "r")]).exit_code == 0
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path, prepared_small):
-    """2 gloo ranks x 1 batch == 1 process x 2 accumulated batches (same global batch, no dropout)."""
-    common = [f'data.dir="{prepared_small}"', *TINY, "model.dropout=0.0", "train.max_steps=4", "train.valid_every=4"]
+@pytest.mark.parametrize("extra", [[], ["train.agreement=0.5"]], ids=["plain", "agreement"])
+def test_torchrun_two_processes_match_one_process(tmp_path, prepared_small, extra):
+    """2 gloo ranks x 1 batch == 1 process x 2 accumulated batches (same global batch, no dropout);
+    with agreement, two DDP models (the reverse one too) train in step."""
+    common = [f'data.dir="{prepared_small}"', *TINY, "model.dropout=0.0", "train.max_steps=4", "train.valid_every=4",
+              *extra]
     single = losses(train_losses(prepared_small, tmp_path / "one", [*common[1:], "train.accumulate=2"]))
     sets = [a for kv in common for a in ("--set", kv)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
