@@ -24,6 +24,9 @@ def evaluate(
         help="With --model: GNMT length penalty alpha, 0 = none [default: 0.6].")] = None,
     coverage_penalty: Annotated[Optional[float], typer.Option(
         help="With --model: GNMT coverage penalty beta, 0 = off [default: 0].")] = None,
+    docs: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, readable=True,
+        help="With a context model: the --src line (from 1) where each document starts.")] = None,
     ter: Annotated[bool, typer.Option(help="Also compute TER.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -43,6 +46,8 @@ def evaluate(
             raise NmtError("give either --hyp FILE, or --model CKPT with --src FILE")
         search = {"--beam": beam, "--length-penalty": length_penalty, "--coverage-penalty": coverage_penalty}
         if hyp is not None:
+            if docs is not None:
+                search["--docs"] = docs
             if given := [option for option, value in search.items() if value is not None]:
                 raise NmtError(f"{', '.join(given)} only apply with --model (--hyp is scored as it is)")
             hyps = read_lines(hyp)
@@ -50,6 +55,7 @@ def evaluate(
             if src is None:
                 raise NmtError("--model needs --src (the source text to translate)")
             from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+            from nmt.context import checkpoint_window
             from nmt.device import pick_device
             from nmt.translate import SearchOptions, Translator
 
@@ -57,7 +63,10 @@ def evaluate(
             if len(sources) != len(refs):  # before translating them all
                 raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
-            net, vocab = model_from_checkpoint(load_checkpoint(model))
+            ckpt = load_checkpoint(model)
+            net, vocab = model_from_checkpoint(ckpt)
+            if window := checkpoint_window(ckpt, docs):
+                sources = window.add(sources, 0)
             given = dict(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
             opts = SearchOptions(**{k: v for k, v in given.items() if v is not None})  # the rest: its defaults
             hyps = Translator(net.to(dev), vocab, opts, device=dev).translate(sources)

@@ -33,6 +33,8 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (bes
             f"training state: {'yes (resumable)' if 'training' in ckpt else 'no'}",
             "model config:   " + json.dumps(ckpt["model_config"]),
         ]
+        if meta.get("context"):  # a document-context model (nmt prepare --context K)
+            lines.insert(3, f"context:        the {meta['context']} previous sentence(s) of each line's document")
         if meta.get("direction") == "reverse":  # the target->source model of a train.agreement run
             lines.insert(3, "direction:      reverse (target -> source, trained with train.agreement)")
         typer.echo("\n".join(lines))

@@ -32,6 +32,13 @@ def prepare(
         exists=True, dir_okay=False, readable=True,
         help="Pharaoh word alignments of the training pairs (i-j, 0-based source-target, one line per pair; "
              "fast_align/eflomal output) for train.guided_alignment.")] = None,
+    context: Annotated[int, typer.Option(min=0, help="Document context: read each line with the K lines before it in "
+                                                     "its document (needs a docs file per split).")] = 0,
+    train_docs: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, readable=True,
+        help="With --context: the training line (from 1) where each document starts, one per line.")] = None,
+    valid_docs: FileIn = None,
+    test_docs: FileIn = None,
 ) -> None:
     """Clean parallel text and train one joint SentencePiece model; cache the encoded ids.
 
@@ -49,6 +56,11 @@ def prepare(
 
     \b
         nmt prepare --corpus multi30k --src-lang de --src-lang fr --tgt-lang en -o prepared/de+fr-en
+
+    Document context (each line with the previous line of its document as a second source):
+
+    \b
+        nmt prepare --train-src talks.de --train-tgt talks.en --train-docs talks.docs --context 1 -o prepared/ctx
     """
     from nmt.corpora import check_languages, corpus_file
     from nmt.errors import NmtError
@@ -87,4 +99,5 @@ def prepare(
             valid = (*valid_src, valid_tgt) if valid_src else None
             test = (*test_src, test_tgt) if test_src else None
         options = PrepareOptions(vocab_size=vocab_size, model_type=model_type, max_words=max_words, max_ratio=max_ratio)
-        run(out, train, valid, test, langs, options, log=err, train_align=train_align)
+        run(out, train, valid, test, langs, options, log=err, train_align=train_align, context=context,
+            docs={"train": train_docs, "valid": valid_docs, "test": test_docs})

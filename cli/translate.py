@@ -43,6 +43,10 @@ def translate(
              "train.guided_alignment, else -1).")] = None,
     align_heads: Annotated[Optional[str], typer.Option(
         help="Heads to average for alignments, e.g. 0,2 (default: the guided head in its layer, else all).")] = None,
+    docs: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, readable=True,
+        help="Context models: the input line (from 1) where each document starts, one per line (an empty "
+             "input line ends a document too; default: the input is one document).")] = None,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 
@@ -52,10 +56,12 @@ def translate(
         nmt translate -m best.pt -i test.de --n-best 3
         nmt translate -m best.pt -i test.de --quantize int8      # faster on CPU; see bench/decode.py
         nmt translate -m best.pt -i few.de --attention pics/ --alignments few.align --attention-stats stats.jsonl
+        nmt translate -m context.pt -i talks.de --docs talks.docs  # a document-context model (nmt prepare --context)
     """
     import torch
 
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt.context import checkpoint_window
     from nmt.device import pick_device
     from nmt.errors import NmtError
     from nmt.guided import default_heads
@@ -79,6 +85,7 @@ def translate(
         if tr.sources > 1 and (alignments or attention_stats):
             raise NmtError(f"--{'alignments' if alignments else 'attention-stats'} names the words of one source; "
                            f"this model reads {tr.sources} (--attention DIR draws its pictures)")
+        window = checkpoint_window(ckpt, docs)
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)
         src, out = _open_io(input, output)
@@ -86,6 +93,8 @@ def translate(
             with torch.inference_mode():
                 done = 0  # lines answered so far
                 for lines in read_chunks(src, chunk_lines, err):
+                    if window is not None:  # each line with the sentences before it in its document
+                        lines = window.add(lines, done)
                     hyps = tr.hypotheses(lines, need_attention=report.wanted, first_line=done + 1)
                     done += len(lines)
                     texts = [tr.format_nbest(h) if n_best > 1 else (vocab.decode(h[0].tokens) if h else "") for h in hyps]

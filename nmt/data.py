@@ -53,6 +53,7 @@ class ParallelIds:
     def __init__(self, packed: dict, links: dict | None = None):
         self.srcs, self.tgt, self.links = [packed["src"], *packed.get("more_src", [])], packed["tgt"], links
         self.sources = len(self.srcs)
+        self.context = int(packed.get("context", 0))  # sources 2.. are the previous sentences (nmt.context)
         lengths = torch.stack([self._lengths(side) for side in self.srcs])  # (N, n)
         self.src_len = lengths.max(0).values * self.sources
         self.tgt_len = self._lengths(self.tgt)

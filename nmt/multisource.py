@@ -78,14 +78,17 @@ def segments(x: Tensor, n: int, dim: int = -1) -> list[Tensor]:
     return list(x.chunk(n, dim=dim)) if n > 1 else [x]
 
 
-def drop_sources(src: Tensor, n: int, p: float, generator: torch.Generator) -> Tensor:
+def drop_sources(src: Tensor, n: int, p: float, generator: torch.Generator, keep_first: bool = False) -> Tensor:
     """Source dropout for training: each source of each example is left out with probability p
     (its segment becomes its EOS alone, as a missing source reads), so that the model learns to
     translate when a source is missing (Nishimura et al. 2018 fill missing sources with a <NULL>
     token). An example that would lose every source keeps them all. src ``(B, N*S')`` -> the same
-    shape, a new tensor; the draw is a function of ``generator`` only (CPU)."""
+    shape, a new tensor; the draw is a function of ``generator`` only (CPU). ``keep_first``: never
+    the first source (document context, :mod:`nmt.context`: only the previous sentences are left out)."""
     b = src.shape[0]
     drop = torch.rand(b, n, generator=generator) < p  # (B, N)
+    if keep_first:
+        drop[:, 0] = False
     drop &= ~drop.all(1, keepdim=True)
     out = src.view(b, n, -1).clone()  # (B, N, S')
     drop = drop.to(src.device)

@@ -8,11 +8,17 @@ Output folder::
     train.align.pt            (with --train-align) their gold links between pieces (nmt.guided)
     valid.ids.pt, valid.src, valid.ref     (when given) ids + cleaned text for BLEU
     test.ids.pt,  test.src,  test.ref      (when given)
+    valid.docs, test.docs     (with --context) where each document starts (nmt.context)
 
 Several source files (``--train-src`` given N times, or ``--src-lang de --src-lang fr``) make a
 multi-source corpus (:mod:`nmt.multisource`): a training example is kept only if each of its
 sources passes the filters against the target, the SentencePiece model learns from every source
 and the target, and ``valid.src``/``test.src`` hold the N sources of a line joined by TABs.
+
+``context = K`` (``--context K`` with a docs file per split) makes a document-context corpus
+(:mod:`nmt.context`): each source line becomes K + 1 sources, the line and the K before it in its
+document; only the line itself is filtered against the target, and the SentencePiece model learns
+from the lines, not again from their copies as context.
 
 Only the training pairs are filtered (length and ratio); valid/test lines are whitespace-normalised
 but never dropped, so references stay aligned with their sources.
@@ -80,13 +86,15 @@ def read_sources(*paths: Path) -> tuple[list[str], list[str]]:
     return [SEPARATOR.join(fields) for fields in zip(*sources)], tgt
 
 
-def clean_pairs(src: list[str], tgt: list[str], max_words: int, max_ratio: float) -> tuple[list[int], Counter]:
+def clean_pairs(src: list[str], tgt: list[str], max_words: int, max_ratio: float, first_only: bool = False
+                ) -> tuple[list[int], Counter]:
     """Indices of the pairs to keep and a count of dropped pairs per reason (with several
-    TAB-joined sources, each source against the target)."""
+    TAB-joined sources, each source against the target; ``first_only``: the first source only,
+    as for document context, where the others may be empty)."""
     keep, dropped = [], Counter()
     for i, (s, t) in enumerate(zip(src, tgt)):
         nt, reason = len(t.split()), None
-        for ns in (len(field.split()) for field in s.split(SEPARATOR)):
+        for ns in (len(field.split()) for field in s.split(SEPARATOR)[: 1 if first_only else None]):
             if ns == 0 or nt == 0:
                 reason = "empty"
             elif ns > max_words or nt > max_words:
@@ -110,15 +118,43 @@ def pack(seqs: list[list[int]], vocab_size: int) -> dict[str, torch.Tensor]:
     return {"ids": flat, "offsets": offsets}
 
 
-def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1) -> dict:
+def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1, context: int = 0) -> dict:
     """``{"src": packed ids, "tgt": packed ids}``; with N > 1 TAB-joined sources, ``"src"`` is the
-    first source and ``"more_src"`` the list of the others."""
+    first source and ``"more_src"`` the list of the others (and ``"context"`` K when the others are
+    the K previous sentences, :mod:`nmt.context`)."""
     fields = [line.split(SEPARATOR) for line in src] if sources > 1 else [[line] for line in src]
     packed = [pack(vocab.encode([f[i] for f in fields]), len(vocab)) for i in range(sources)]
     out = {"src": packed[0], "tgt": pack(vocab.encode(tgt), len(vocab))}
     if sources > 1:
         out["more_src"] = packed[1:]
+    if context:
+        out["context"] = context
     return out
+
+
+def _check_context(context: int, sources: int, docs: dict, valid, test) -> None:
+    """Before anything is read: context takes one source file, and a docs file for every split."""
+    if not context:
+        if given := [name for name, path in docs.items() if path]:
+            raise NmtError(f"--{given[0]}-docs lists documents for --context K; give --context too")
+        return
+    if context < 0:
+        raise NmtError(f"--context must be >= 0, got {context}")
+    if sources > 1:
+        raise NmtError("--context K adds the K previous sentences as sources: give one source file")
+    for name, split in (("train", True), ("valid", valid), ("test", test)):
+        if split and not docs.get(name):
+            raise NmtError(f"--context {context} needs --{name}-docs: the line number (from 1) where each "
+                           "document starts, one per line")
+
+
+def _add_context(src: list[str], context: int, docs: Path | None) -> list[str]:
+    """Each line with its ``context`` previous sentences (:func:`nmt.context.with_context`)."""
+    if not context:
+        return src
+    from nmt.context import read_doc_starts, with_context
+
+    return with_context(src, read_doc_starts(docs, len(src)), context)
 
 
 _OTHER_SPACE = re.compile(r"[^\S \t]")  # whitespace other than space and TAB (NBSP, thin space, ...)
@@ -186,27 +222,34 @@ def prepare(
     options: PrepareOptions = PrepareOptions(),
     log=print,
     train_align: Path | None = None,
+    context: int = 0,
+    docs: dict[str, Path | None] | None = None,
 ) -> dict:
     """Run the whole preparation; returns the summary also written to ``prepare.json``.
     ``train``/``valid``/``test``: the files ``(source_1, ..., source_N, target)`` (N = 1 usually).
-    ``train_align``: Pharaoh word alignments of the training pairs, one line per pair."""
+    ``train_align``: Pharaoh word alignments of the training pairs, one line per pair.
+    ``context``: K previous sentences per line (:mod:`nmt.context`), with ``docs[split]`` the docs
+    file of each split given."""
     if options.model_type not in ("unigram", "bpe"):
         raise NmtError(f"unknown SentencePiece model type {options.model_type!r}; valid: unigram, bpe")
     sources = len(train) - 1
     if sources < 1 or any(split is not None and len(split) != len(train) for split in (valid, test)):
         raise NmtError("every split needs the same source files and one target file")
-    if train_align and sources > 1:
-        raise NmtError("--train-align needs a single source (word links name one source's words)")
+    if train_align and (sources > 1 or context):
+        raise NmtError("--train-align needs a single source without context (word links name one source's words)")
+    _check_context(context, sources, docs or {}, valid, test)
     src, tgt = read_sources(*train)
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
-    keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio)
+    src = _add_context(src, context, (docs or {}).get("train"))
+    keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio, first_only=context > 0)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
     src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
     log(f"train: read {len(keep) + sum(dropped.values())} pairs, kept {len(keep)}, dropped "
         + (", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"))
     try:
-        pieces_text = [field for line in src for field in line.split(SEPARATOR)] if sources > 1 else src
+        pieces_text = ([line.split(SEPARATOR)[0] for line in src] if context else
+                       [field for line in src for field in line.split(SEPARATOR)] if sources > 1 else src)
         model_bytes = train_sentencepiece(pieces_text + tgt, options.vocab_size, options.model_type, options.character_coverage)
     except ValueError as e:
         raise NmtError(f"{train[0]}: {e}; lower --vocab-size") from None
@@ -214,10 +257,11 @@ def prepare(
     (out_dir / "prepare.json").unlink(missing_ok=True)  # written last: its presence marks a finished prepare
     (out_dir / "spm.model").write_bytes(model_bytes)
     vocab = Vocab(model_bytes)
-    encoded = encode_split(vocab, src, tgt, sources)
+    sources += context
+    encoded = encode_split(vocab, src, tgt, sources, context)
     torch.save(encoded, out_dir / "train.ids.pt")
-    summary = {"langs": list(langs), "sources": sources, "options": asdict(options), "vocab_size": len(vocab),
-               "train": {"kept": len(keep), "dropped": dict(dropped)}}
+    summary = {"langs": list(langs), "sources": sources, "context": context, "options": asdict(options),
+               "vocab_size": len(vocab), "train": {"kept": len(keep), "dropped": dict(dropped)}}
     (out_dir / "train.align.pt").unlink(missing_ok=True)  # an old one would not match these pairs
     if align_links is not None:
         packed, skipped = _piece_alignments([align_links[i] for i in keep], (src, tgt), vocab, encoded)
@@ -231,8 +275,15 @@ def prepare(
             continue
         s, t = read_sources(*pair)
         (out_dir / f"{name}.src").write_text("".join(x + "\n" for x in s), encoding="utf-8")
+        (out_dir / f"{name}.docs").unlink(missing_ok=True)
+        if context:  # the text stays one sentence per line; its documents go beside it
+            from nmt.context import read_doc_starts
+
+            starts = read_doc_starts(docs[name], len(s))
+            (out_dir / f"{name}.docs").write_text("".join(f"{i + 1}\n" for i in starts), encoding="utf-8")
+            s = _add_context(s, context, out_dir / f"{name}.docs")
         (out_dir / f"{name}.ref").write_text("".join(x + "\n" for x in t), encoding="utf-8")
-        torch.save(encode_split(vocab, s, t, sources), out_dir / f"{name}.ids.pt")
+        torch.save(encode_split(vocab, s, t, sources, context), out_dir / f"{name}.ids.pt")
         summary[name] = {"lines": len(s)}
         log(f"{name}: {len(s)} pairs (not filtered)")
     (out_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -117,6 +117,10 @@ class Trainer:
             return None
         src = (data_dir / "valid.src").read_text(encoding="utf-8").splitlines()
         ref = (data_dir / "valid.ref").read_text(encoding="utf-8").splitlines()
+        if self.train_data.context:  # each line with the sentences before it (nmt.context)
+            from nmt.context import read_doc_starts, with_context
+
+            src = with_context(src, read_doc_starts(data_dir / "valid.docs", len(src)), self.train_data.context)
         n = self.tc.valid_max_sentences or len(src)
         return src[:n], ref[:n]
 
@@ -139,7 +143,7 @@ class Trainer:
             return
         meta = {"step": self.step, "epoch": self.epoch, "update_epoch": self.update_epoch(), "valid_bleu": bleu,
                 "best_valid_bleu": self.best_bleu,
-                "train_pairs": len(self.train_data), "config": self.cfg.to_dict()}
+                "train_pairs": len(self.train_data), "context": self.train_data.context, "config": self.cfg.to_dict()}
         atomic_save(make_checkpoint(self.model, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
                     self.out / name)
         if self.reverse is not None:  # the target->source model, a checkpoint of its own: best.reverse.pt
@@ -202,7 +206,7 @@ class Trainer:
             batches = [replace(b, src=drop_sources(b.src, self.train_data.sources, self.tc.source_dropout,
                                                    torch.Generator().manual_seed(
                                                        ((self.tc.seed * 1_000_003 + self.step) * 257 + i) * 4099
-                                                       + self.dist.rank)))
+                                                       + self.dist.rank), keep_first=self.train_data.context > 0))
                        for i, b in enumerate(batches)]
         loss_total, nll_total, self.reverse_nll = 0.0, 0.0, 0.0
         for i, batch in enumerate(batches):
