@@ -65,7 +65,7 @@ def evaluate(
             dev = pick_device(device)
             ckpt = load_checkpoint(model)
             net, vocab = model_from_checkpoint(ckpt)
-            if window := checkpoint_window(ckpt, docs):
+            if window := checkpoint_window(ckpt, docs, len(sources)):
                 sources = window.add(sources, 0)
             given = dict(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
             opts = SearchOptions(**{k: v for k, v in given.items() if v is not None})  # the rest: its defaults

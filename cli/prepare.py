@@ -37,8 +37,10 @@ def prepare(
     train_docs: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False, readable=True,
         help="With --context: the training line (from 1) where each document starts, one per line.")] = None,
-    valid_docs: FileIn = None,
-    test_docs: FileIn = None,
+    valid_docs: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, readable=True, help="With --context: the same for the valid lines.")] = None,
+    test_docs: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, readable=True, help="With --context: the same for the test lines.")] = None,
 ) -> None:
     """Clean parallel text and train one joint SentencePiece model; cache the encoded ids.
 

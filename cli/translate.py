@@ -45,8 +45,8 @@ def translate(
         help="Heads to average for alignments, e.g. 0,2 (default: the guided head in its layer, else all).")] = None,
     docs: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False, readable=True,
-        help="Context models: the input line (from 1) where each document starts, one per line (an empty "
-             "input line ends a document too; default: the input is one document).")] = None,
+        help="Context models: the input line (from 1) where each document starts, one per line (default: "
+             "documents are separated by empty lines).")] = None,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 

@@ -12,8 +12,8 @@ they are from that (``train.agreement_cost``):
 
       cost = - tr(A_ts A_st) = - sum_t sum_s A_st[t, s] * A_ts[s, t]
 
-  For a square pair of the same permutation the bonus ``tr`` is I, its maximum; it is 0 when
-  the two put their weight on disjoint cells.
+  For a square pair of the same permutation the bonus ``tr`` is I, the sentence length (with
+  EOS) and its maximum; it is 0 when the two put their weight on disjoint cells.
 
 * ``squared`` (Cheng et al. 2016, IJCAI, "Agreement-based joint training for bidirectional
   attention-based NMT", the squared-error agreement; after Liang et al. 2006's alignment by

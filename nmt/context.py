@@ -12,15 +12,16 @@ sentence itself and the K previous sentences, nearest first::
     fields = [x_i, x_{i-1}, ..., x_{i-K}]        (TAB-joined in text)
 
 A previous sentence from another document, or before the first line, is an empty field: a
-missing source, encoded as EOS alone, which every combination gives weight 0 (no NaN). How the
+missing source, encoded as EOS alone: a one-token sentence that the model learns to discount
+(it is a real position, so it gets attention until then; no NaN either way). How the
 decoder reads the sentences is ``model.combine``: ``hierarchical`` is HAN's two levels (per
 sentence, then a softmax over the sentences' contexts; the current sentence is one of them, where
 HAN adds it through a gate), ``serial`` one encoder-decoder sublayer per sentence, ``flat`` one
 attention over all of their words (the attention counterpart of concatenation).
 
 Documents are given by a docs file: the line number (counted from 1) of the first line of each
-document, one per line, ascending, the first being 1 (HAN-NMT's ``-doc`` file lists the same
-starts). In ``nmt translate`` an empty input line also ends a document.
+document, one per line, ascending, the first being 1 (HAN-NMT's ``-doc`` files list the same starts
+counted from 0). Without a docs file, documents are separated by empty lines.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def read_doc_starts(path: Path, lines: int | None) -> list[int]:
                            "where each document starts)")
         start = int(text)
         if not starts and start != 1:
-            raise NmtError(f"{path}:{number}: the first document starts at line {start}, not 1")
+            hint = " (0-based starts, as HAN-NMT's .doc files: add 1 to each)" if start == 0 else ""
+            raise NmtError(f"{path}:{number}: the first document starts at line {start}, not 1{hint}")
         if starts and start <= starts[-1] + 1:
             raise NmtError(f"{path}:{number}: line {start} does not come after line {starts[-1] + 1}; "
                            "document starts must ascend")
@@ -61,19 +63,22 @@ def read_doc_starts(path: Path, lines: int | None) -> list[int]:
 
 def with_context(lines: list[str], starts: list[int] | None, k: int) -> list[str]:
     """Each line joined by TABs with the ``k`` lines before it in its document, nearest first
-    (empty fields where the document has fewer). ``starts``: 0-based document starts (None: the
-    whole text is one document). TABs inside a line become spaces."""
-    window = ContextWindow(k, starts)
-    return window.add(lines, 0)
+    (empty fields where the document has fewer); an empty line stays ``""``. ``starts``: 0-based
+    document starts (None: documents end at empty lines). TABs inside a line become spaces."""
+    return ContextWindow(k, starts).add(lines, 0)
 
 
 class ContextWindow:
     """The K previous lines of the current document, carried from one chunk of input to the next
-    (``nmt translate`` reads its input in chunks). A document ends at a listed start and at an
-    empty line; an empty line stays empty (no sources at all: it is answered with an empty line)."""
+    (``nmt translate`` reads its input in chunks).
+
+    Documents end at the listed starts when there are any; without them, at empty lines (a stream
+    of documents separated by blank lines). An empty line is answered with an empty line, so it
+    stays ``""`` (no sources); inside a document given by starts it is an empty sentence, and an
+    empty field of the next lines' context."""
 
     def __init__(self, k: int, starts: list[int] | None = None):
-        self.k, self.starts = k, set(starts or ())
+        self.k, self.starts = k, None if starts is None else set(starts)
         self.history: list[str] = []  # the current document's previous lines, nearest last
 
     def add(self, lines: list[str], first: int) -> list[str]:
@@ -81,24 +86,24 @@ class ContextWindow:
         out = []
         for i, line in enumerate(lines, first):
             line = line.replace(SEPARATOR, " ")
-            if i in self.starts or not line.strip():
+            empty = not line.strip()
+            if (i in self.starts) if self.starts is not None else empty:
                 self.history = []
-            if not line.strip():
-                out.append("")
-                continue
             previous = self.history[::-1][: self.k]
-            out.append(SEPARATOR.join([line, *previous, *[""] * (self.k - len(previous))]))
-            self.history = (self.history + [line])[-self.k :] if self.k else []
+            out.append("" if empty else SEPARATOR.join([line, *previous, *[""] * (self.k - len(previous))]))
+            if not empty or self.starts is not None:
+                self.history = (self.history + ["" if empty else line])[-self.k :]
         return out
 
 
-def checkpoint_window(ckpt: dict, docs: Path | None) -> ContextWindow | None:
+def checkpoint_window(ckpt: dict, docs: Path | None, lines: int | None = None) -> ContextWindow | None:
     """The window a checkpoint's model needs over its input: one of ``meta["context"]`` previous
-    sentences for a document-context model (documents from ``docs`` and empty lines), None for
-    any other model (where ``docs`` is an error)."""
+    sentences for a document-context model (documents from ``docs``, else separated by empty
+    lines; ``lines``: the input's length when known), None for any other model (where ``docs`` is
+    an error)."""
     k = ckpt.get("meta", {}).get("context", 0)
     if not k:
         if docs is not None:
             raise NmtError("--docs: this model reads no document context (nmt prepare --context K makes one)")
         return None
-    return ContextWindow(k, read_doc_starts(docs, None) if docs is not None else None)
+    return ContextWindow(k, read_doc_starts(docs, lines) if docs is not None else None)

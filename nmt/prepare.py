@@ -123,6 +123,7 @@ def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1,
     first source and ``"more_src"`` the list of the others (and ``"context"`` K when the others are
     the K previous sentences, :mod:`nmt.context`)."""
     fields = [line.split(SEPARATOR) for line in src] if sources > 1 else [[line] for line in src]
+    fields = [f + [""] * (sources - len(f)) for f in fields]  # an empty line of a context corpus: "" alone
     packed = [pack(vocab.encode([f[i] for f in fields]), len(vocab)) for i in range(sources)]
     out = {"src": packed[0], "tgt": pack(vocab.encode(tgt), len(vocab))}
     if sources > 1:
@@ -132,29 +133,41 @@ def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1,
     return out
 
 
-def _check_context(context: int, sources: int, docs: dict, valid, test) -> None:
-    """Before anything is read: context takes one source file, and a docs file for every split."""
+def _document_starts(context: int, sources: int, docs: dict, splits: dict) -> dict[str, list[int]]:
+    """Before anything is trained: context takes one source file and a docs file for every split
+    given (``splits``: name -> its files, or None), each checked against its text's lines. Returns
+    each split's 0-based document starts (nothing without context)."""
+    for name, path in docs.items():
+        if path and not context:
+            raise NmtError(f"--{name}-docs lists documents for --context K; give --context too")
+        if path and not splits.get(name):
+            raise NmtError(f"--{name}-docs is given without --{name}-src")
     if not context:
-        if given := [name for name, path in docs.items() if path]:
-            raise NmtError(f"--{given[0]}-docs lists documents for --context K; give --context too")
-        return
+        return {}
     if context < 0:
         raise NmtError(f"--context must be >= 0, got {context}")
     if sources > 1:
         raise NmtError("--context K adds the K previous sentences as sources: give one source file")
-    for name, split in (("train", True), ("valid", valid), ("test", test)):
-        if split and not docs.get(name):
+    from nmt.context import read_doc_starts
+
+    starts = {}
+    for name, files in splits.items():
+        if not files:
+            continue
+        if not docs.get(name):
             raise NmtError(f"--context {context} needs --{name}-docs: the line number (from 1) where each "
                            "document starts, one per line")
+        starts[name] = read_doc_starts(docs[name], len(read_lines(files[0])))
+    return starts
 
 
-def _add_context(src: list[str], context: int, docs: Path | None) -> list[str]:
+def _add_context(src: list[str], context: int, starts: list[int] | None) -> list[str]:
     """Each line with its ``context`` previous sentences (:func:`nmt.context.with_context`)."""
     if not context:
         return src
-    from nmt.context import read_doc_starts, with_context
+    from nmt.context import with_context
 
-    return with_context(src, read_doc_starts(docs, len(src)), context)
+    return with_context(src, starts, context)
 
 
 _OTHER_SPACE = re.compile(r"[^\S \t]")  # whitespace other than space and TAB (NBSP, thin space, ...)
@@ -237,10 +250,10 @@ def prepare(
         raise NmtError("every split needs the same source files and one target file")
     if train_align and (sources > 1 or context):
         raise NmtError("--train-align needs a single source without context (word links name one source's words)")
-    _check_context(context, sources, docs or {}, valid, test)
+    starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test})
     src, tgt = read_sources(*train)
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
-    src = _add_context(src, context, (docs or {}).get("train"))
+    src = _add_context(src, context, starts.get("train"))
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio, first_only=context > 0)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
@@ -277,11 +290,8 @@ def prepare(
         (out_dir / f"{name}.src").write_text("".join(x + "\n" for x in s), encoding="utf-8")
         (out_dir / f"{name}.docs").unlink(missing_ok=True)
         if context:  # the text stays one sentence per line; its documents go beside it
-            from nmt.context import read_doc_starts
-
-            starts = read_doc_starts(docs[name], len(s))
-            (out_dir / f"{name}.docs").write_text("".join(f"{i + 1}\n" for i in starts), encoding="utf-8")
-            s = _add_context(s, context, out_dir / f"{name}.docs")
+            (out_dir / f"{name}.docs").write_text("".join(f"{i + 1}\n" for i in starts[name]), encoding="utf-8")
+            s = _add_context(s, context, starts[name])
         (out_dir / f"{name}.ref").write_text("".join(x + "\n" for x in t), encoding="utf-8")
         torch.save(encode_split(vocab, s, t, sources, context), out_dir / f"{name}.ids.pt")
         summary[name] = {"lines": len(s)}

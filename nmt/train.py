@@ -22,7 +22,7 @@ import torch
 from nmt.agreement import agreement_cost, reverse_batch
 from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from nmt.config import RunConfig, model_differences
-from nmt.data import ParallelIds, epoch_batches
+from nmt.data import Batch, ParallelIds, epoch_batches
 from nmt.device import amp_warning, autocast, check_amp, pick_device
 from nmt.distributed import Dist
 from nmt.errors import NmtError
@@ -75,6 +75,7 @@ class Trainer:
         self.step, self.epoch, self.position, self.elapsed = 0, 0, 0, 0.0
         self.best_bleu, self.bad_validations, self.lr_scale, self.plateau_bad = -1.0, 0, 1.0, 0
         self.stop = Stop()
+        self.reverse_nll = 0.0  # the reverse model's nll per source token in the latest update (agreement)
         if resume:
             self._resume()
 
@@ -86,7 +87,8 @@ class Trainer:
                            "run nmt prepare again")
         if self.tc.agreement > 0 and sources > 1:
             raise NmtError(f"train.agreement trains a target->source model, which needs one source, but {data_dir} "
-                           f"has {sources}")
+                           f"has {sources}" + (" (the sentence and its document context)" if self.train_data.context
+                                               else ""))
         if self.tc.source_dropout > 0 and sources == 1:
             raise NmtError(f"train.source_dropout leaves out one of several sources, but {data_dir} has one "
                            "(nmt prepare --src-lang de --src-lang fr ...)")
@@ -242,8 +244,10 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         if self.scaler:
             self.scaler.unscale_(self.opt)
-        if self.tc.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self._parameters(), self.tc.clip_norm)
+        if self.tc.clip_norm > 0:  # each model on its own: the reverse model's gradients never shrink the forward's
+            for model in (self.model, self.reverse):
+                if model is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.tc.clip_norm)
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -252,7 +256,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         return loss_total / tokens, nll_total / tokens, tokens
 
-    def _batch_loss(self, batch):
+    def _batch_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, nll) of one batch as scalar sums: the output loss plus every objective the config
         switches on."""
         lam, guide, agree = self.tc.coverage_loss, self.tc.guided_alignment, self.tc.agreement
@@ -270,7 +274,7 @@ class Trainer:
             loss = loss + self._reverse_loss(batch, out)
         return loss, nll
 
-    def _reverse_loss(self, batch, out):
+    def _reverse_loss(self, batch: Batch, out) -> torch.Tensor:
         """The target->source model's loss on ``batch`` turned round, plus ``train.agreement`` x the
         agreement cost between the two models' attention at (align_layer, align_head): a scalar
         sum, divided with the rest by the forward target tokens (:mod:`nmt.agreement`)."""
@@ -299,7 +303,8 @@ class Trainer:
             settings["data"]["dir"] = str(Path(settings["data"]["dir"]).resolve())
             (self.out / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"{self.cfg.model_kind}: {n_params:,} parameters, {len(self.train_data):,} training pairs, "
+        reverse = " (and as many in the target->source model: train.agreement)" if self.reverse is not None else ""
+        self.log(f"{self.cfg.model_kind}: {n_params:,} parameters{reverse}, {len(self.train_data):,} training pairs, "
                  f"device {self.device}, {torch.get_num_threads()} threads, amp {self.tc.amp}")
         if (warning := amp_warning(self.device, self.tc.amp)) is not None:
             self.log(warning)

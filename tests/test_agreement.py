@@ -67,6 +67,9 @@ def test_costs_on_a_padded_non_square_batch_read_only_real_cells():
         noisy_f, noisy_r = fwd + 7 * ~mask, rev + 7 * ~mask.transpose(1, 2)
         assert agreement_cost(noisy_f, noisy_r, b, cost) == pytest.approx(float(agreement_cost(fwd, rev, b, cost)))
     assert float(agreement_cost(fwd, rev, b, "trace")) == pytest.approx(expected)
+    squared = sum(float(fwd[i, t, s] - rev[i, s, t]) ** 2 for i in range(2) for t in range(3) for s in range(4)
+                  if mask[i, t, s])
+    assert float(agreement_cost(fwd, rev, b, "squared")) == pytest.approx(squared)
 
 
 def test_without_agreement_the_reverse_loss_sends_no_gradient_to_the_forward_model():
@@ -145,6 +148,23 @@ def test_both_checkpoints_and_an_exact_resume(prepared_small, tmp_path):
     with pytest.raises(NmtError, match="was trained with train.agreement > 0"):
         Trainer(load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=9"]), tmp_path / "a",
                 resume=True, log=lambda m: None)
+    Trainer(load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1"]), tmp_path / "c",
+            log=lambda m: None).run()
+    with pytest.raises(NmtError, match="was trained without train.agreement"):
+        Trainer(load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=2", "train.agreement=1.0"]),
+                tmp_path / "c", resume=True, log=lambda m: None)
+
+
+def test_an_update_trains_both_models(prepared_small, tmp_path):
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1", "train.agreement=1.0"])
+    trainer = Trainer(cfg, tmp_path / "a", log=lambda m: None)
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in
+              (("forward", trainer.model), ("reverse", trainer.reverse))}
+    trainer.run()
+    for name, m in (("forward", trainer.model), ("reverse", trainer.reverse)):
+        changed = [k for k, v in m.state_dict().items() if not v.equal(before[name][k])]
+        assert len(changed) > len(before[name]) // 2, name
+    assert 1 < trainer.reverse_nll < 20  # logged as reverse_ppl
 
 
 def test_agreement_refuses_what_it_cannot_do(prepared_small, tmp_path):

@@ -158,7 +158,7 @@ def test_local_window_zero_outside_and_huge_window_is_global():
     a1 = glob(src, src, need_attention=True).attention
     a2 = huge(src, src, need_attention=True).attention
     assert torch.allclose(a1, a2, atol=1e-5)
-    with pytest.raises(ValueError, match="model.local_window sets local attention's window: it needs model.local"):
+    with pytest.raises(ValueError, match="model.local_window = 3 sets local attention.s window: it needs model.local"):
         lstm(local_window=3)  # without local the window would silently do nothing
 
 

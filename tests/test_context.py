@@ -3,6 +3,8 @@ the attention map's context toy (a pronoun that takes the gender of the previous
 
 import json
 import random
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,9 +65,17 @@ def test_context_never_crosses_a_document_boundary():
     lines = ["a", "b", "c", "d\tx", "e"]
     assert with_context(lines, [0, 3], 2) == ["a\t\t", "b\ta\t", "c\tb\ta", "d x\t\t", "e\td x\t"]
     assert with_context(lines, None, 1)[3] == "d x\tc"  # no docs file: one document
-    # chunks of a stream carry the window over; an empty line ends a document and stays empty
-    window = ContextWindow(1, [0, 4])
-    assert window.add(["a", "b"], 0) + window.add(["", "c", "d", "e"], 2) == ["a\t", "b\ta", "", "c\t", "d\t", "e\td"]
+    # chunks of a stream carry the window over; an empty line is answered empty and, with starts,
+    # is an empty sentence of its document
+    window = ContextWindow(2, [0, 4])
+    assert window.add(["a", "b"], 0) + window.add(["", "c", "d", "e"], 2) == \
+        ["a\t\t", "b\ta\t", "", "c\t\tb", "d\t\t", "e\td\t"]
+    # without starts, empty lines separate documents
+    window = ContextWindow(1)
+    assert window.add(["a", "b", ""], 0) + window.add(["c", "", "", "d"], 3) == ["a\t", "b\ta", "", "c\t", "", "", "d\t"]
+    with pytest.raises(NmtError, match="not 1 \\(0-based starts, as HAN-NMT's .doc files: add 1 to each\\)"):
+        (path := Path(tempfile.mkdtemp()) / "d").write_text("0\n")
+        read_doc_starts(path, 3)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +97,16 @@ def test_prepare_adds_the_previous_sentence_and_keeps_text_plain(toy):
     assert summary["train"]["dropped"] == {}  # first sentences have an empty context and are kept
     packed = torch.load(prepared / "train.ids.pt")
     assert packed["context"] == 1 and len(packed["more_src"]) == 1
-    first = packed["more_src"][0]["offsets"]
-    assert first[1] == first[0]  # the first line of the first document: no previous sentence
+    context = packed["more_src"][0]
+    assert context["offsets"][1] == context["offsets"][0]  # the first line of the first document: none
+    from nmt.vocab import Vocab
+
+    vocab = Vocab((prepared / "spm.model").read_bytes())
+    ids = lambda side, i: side["ids"][int(side["offsets"][i]) : int(side["offsets"][i + 1])].tolist()
+    assert vocab.decode(ids(context, 1)) == vocab.decode(ids(packed["src"], 0))  # line 2 reads line 1
+    starts = {int(n) - 1 for n in (d / "train.docs").read_text().split()}
+    second_doc = sorted(starts)[1]  # its first line has no context, whatever came before
+    assert context["offsets"][second_doc + 1] == context["offsets"][second_doc]
     assert (prepared / "valid.src").read_text() == (d / "valid.src").read_text()  # one sentence per line
     assert (prepared / "valid.docs").read_text() == (d / "valid.docs").read_text()
 
@@ -178,6 +196,10 @@ def test_evaluate_reads_the_docs_and_context_options_refuse_misuse(toy, trained,
     (["--context", "1", "--train-docs", "{d}/train.docs", "--valid-src", "{d}/valid.src", "--valid-tgt",
       "{d}/valid.tgt"], "--context 1 needs --valid-docs"),
     (["--context", "1", "--train-docs", "{t}/bad.docs"], "bad.docs:2: line 99999 is past the 1494 lines"),
+    (["--context", "1", "--train-docs", "{d}/train.docs", "--valid-src", "{d}/valid.src", "--valid-tgt",
+      "{d}/valid.tgt", "--valid-docs", "{t}/bad.docs"], "bad.docs:2: line 99999 is past the"),
+    (["--context", "1", "--train-docs", "{d}/train.docs", "--test-docs", "{d}/valid.docs"],
+     "--test-docs is given without --test-src"),
 ])
 def test_prepare_refuses_context_without_documents(toy, tmp_path, args, message):
     d, _ = toy
@@ -187,6 +209,20 @@ def test_prepare_refuses_context_without_documents(toy, tmp_path, args, message)
                                  "--vocab-size", "60", "-o", str(tmp_path / "p"), *args])
     assert r.exit_code == 1 and message in r.output, r.output
     assert not (tmp_path / "p").exists()
+
+
+def test_a_blank_valid_line_is_an_empty_sentence(toy, tmp_path):
+    d, _ = toy
+    (tmp_path / "v.src").write_text("hund ka\n\nes lo\n")
+    (tmp_path / "v.tgt").write_text("HUND KA\nX\nER LO\n")
+    (tmp_path / "v.docs").write_text("1\n")
+    prepare(tmp_path / "p", (d / "train.src", d / "train.tgt"), (tmp_path / "v.src", tmp_path / "v.tgt"),
+            options=PrepareOptions(vocab_size=60), log=lambda m: None, context=1,
+            docs={"train": d / "train.docs", "valid": tmp_path / "v.docs"})
+    packed = torch.load(tmp_path / "p" / "valid.ids.pt")
+    assert packed["src"]["offsets"].tolist()[1:3] == packed["src"]["offsets"].tolist()[1:2] * 2  # line 2 empty
+    context = packed["more_src"][0]["offsets"].tolist()
+    assert context[3] == context[2] and context[1] == context[0]  # line 3 reads the empty line 2
 
 
 def test_context_dropout_keeps_the_sentence_itself():

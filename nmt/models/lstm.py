@@ -27,6 +27,7 @@ teacher-forced decoding by construction.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -106,8 +107,9 @@ class LSTMConfig:
             (self.local in ("none", "p", "m"), f"model.local must be none, p or m, got {self.local!r}"),
             (self.location_width % 2 == 1, "model.location_width must be odd"),
             (self.local_window >= 1, "model.local_window must be >= 1"),
-            (self.local != "none" or self.local_window == 5,  # another window without local would do nothing
-             "model.local_window sets local attention's window: it needs model.local = \"p\" or \"m\""),
+            (self.local != "none" or self.local_window == _default(LSTMConfig, "local_window"),  # else it does nothing
+             f"model.local_window = {self.local_window} sets local attention's window: it needs model.local = "
+             "\"p\" or \"m\""),
             (not (self.monotonic and self.local != "none"), "model.monotonic and model.local exclude each other"),
             (self.hard in ("none", "reinforce", "exact"), f"model.hard must be none, reinforce or exact, got {self.hard!r}"),
             (not (self.hard != "none" and self.monotonic), "model.hard and model.monotonic exclude each other"),
@@ -116,6 +118,11 @@ class LSTMConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+def _default(cls, name: str):
+    """A dataclass field's default value."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 class LSTMModel(nn.Module):
