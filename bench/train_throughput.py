@@ -2,10 +2,13 @@
 
     python bench/train_throughput.py --data prepared/de-en                 # Transformer + LSTM, fp32 + bf16
     python bench/train_throughput.py --data prepared/de-en --models transformer --amp none --updates 30
+    python bench/train_throughput.py --models transformer --amp none --variant "" --variant train.agreement=1.0
 
 Each (model, amp) pair runs in its own subprocess (so peak RSS is its own): it times ``--updates``
 real updates of the training loop (``Trainer.update``) after ``--warmup`` untimed ones, on the
-Multi30k batches of the configs in ``configs/``. MFU = achieved training FLOP/s / the fp32 GEMM
+Multi30k batches of the configs in ``configs/``. Each ``--variant`` (comma-separated config
+settings, as ``nmt train --set``) is a row of its own, so that a switch's cost is measured in the
+same command as the baseline (the empty variant). MFU = achieved training FLOP/s / the fp32 GEMM
 peak measured in the same process (a 2048^3 matmul loop); FLOPs are counted by
 ``torch.utils.flop_counter`` on one real update (forward + backward).
 """
@@ -68,7 +71,8 @@ def count_lstm_layer_flops() -> None:
         return 4 * prod(input_shape[:-1]) * (prod(w_ih) + prod(w_hh))
 
 
-def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int, batch_tokens: int) -> dict:
+def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int, batch_tokens: int,
+        variant: str = "") -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -80,7 +84,7 @@ def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int
     keep_freed_memory()  # as nmt train does (NMT_KEEP_FREED_MEMORY=0 measures without it)
     if threads:
         torch.set_num_threads(threads)
-    sets = [f'data.dir="{data}"', f'train.amp="{amp}"', "train.threads=0"]
+    sets = [f'data.dir="{data}"', f'train.amp="{amp}"', "train.threads=0", *filter(None, variant.split(","))]
     cfg = load_config(Path(CONFIGS[model]), sets + ([f"train.batch_tokens={batch_tokens}"] if batch_tokens else []))
     tr = Trainer(cfg, Path("/tmp/nmt-bench-unused"), log=lambda m: None)
     batches = epoch_batches(tr.train_data, cfg.train.batch_tokens, seed=1, epoch=0)
@@ -106,7 +110,7 @@ def one(model: str, amp: str, data: str, warmup: int, updates: int, threads: int
         extra["device"] = torch.cuda.get_device_name()
     if amp == "bf16":
         extra["mfu_vs_bf16_peak"] = flops_per_token * tok_s / gemm_peak(tr.device, torch.bfloat16)
-    return {**extra, "model": model, "amp": amp, "threads": torch.get_num_threads(),
+    return {**extra, "model": model, "amp": amp, "variant": variant, "threads": torch.get_num_threads(),
             "batch_tokens": cfg.train.batch_tokens,
             "params": sum(p.numel() for p in tr.model.parameters()), "updates": updates,
             "tgt_tok_s": tok_s, "train_gflop_s": flops_per_token * tok_s / 1e9,
@@ -123,23 +127,28 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch-tokens", type=int, default=0, help="override train.batch_tokens (0 = the config's)")
     ap.add_argument("--out", default="bench/results/train_throughput.json")
+    ap.add_argument("--variant", action="append", help="comma-separated settings, e.g. train.agreement=1.0; "
+                                                         "repeat it for several rows (\"\" = the config as it is)")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "AMP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    variants = args.variant or [""]
     if args.one:
-        print(json.dumps(one(*args.one, args.data, args.warmup, args.updates, args.threads, args.batch_tokens)))
+        print(json.dumps(one(*args.one, args.data, args.warmup, args.updates, args.threads, args.batch_tokens,
+                             variants[0])))
         return 0
     rows, amps = [], usable_amps(args.amp)
     if not amps:
         ap.error("nothing to measure: add --amp none")
     for model in args.models:
         for amp in amps:
-            cmd = [sys.executable, __file__, "--one", model, amp, "--data", args.data, "--warmup", str(args.warmup),
-                   "--updates", str(args.updates), "--threads", str(args.threads),
-                   "--batch-tokens", str(args.batch_tokens)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            rows.append(json.loads(out))
-            print(json.dumps(rows[-1]), file=sys.stderr)
-    print(table(rows, ["model", "amp", "threads", "batch_tokens", "params", "tgt_tok_s", "train_gflop_s",
+            for variant in variants:
+                cmd = [sys.executable, __file__, "--one", model, amp, "--data", args.data, "--warmup",
+                       str(args.warmup), "--updates", str(args.updates), "--threads", str(args.threads),
+                       "--batch-tokens", str(args.batch_tokens), "--variant", variant]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                rows.append(json.loads(out))
+                print(json.dumps(rows[-1]), file=sys.stderr)
+    print(table(rows, ["model", "amp", "variant", "threads", "batch_tokens", "params", "tgt_tok_s", "train_gflop_s",
                        "gemm_peak_gflop_s", "mfu", "peak_rss_mb"] + (["peak_gpu_mem_mb"] if "device" in rows[0] else [])))
     write_json(args.out, rows)
     return 0
