@@ -12,8 +12,8 @@ sentence itself and the K previous sentences, nearest first::
     fields = [x_i, x_{i-1}, ..., x_{i-K}]        (TAB-joined in text)
 
 A previous sentence from another document, or before the first line, is an empty field: a
-missing source, encoded as EOS alone: a one-token sentence that the model learns to discount
-(it is a real position, so it gets attention until then; no NaN either way). How the
+missing source, encoded as EOS alone. ``hierarchical`` gives it beta = 0; ``flat`` and ``serial``
+read it as a one-token sentence that the model learns to discount (no NaN either way). How the
 decoder reads the sentences is ``model.combine``: ``hierarchical`` is HAN's two levels (per
 sentence, then a softmax over the sentences' contexts; the current sentence is one of them, where
 HAN adds it through a gate), ``serial`` one encoder-decoder sublayer per sentence, ``flat`` one

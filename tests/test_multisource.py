@@ -86,6 +86,8 @@ def test_transformer_combinations(combine):
         assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
     else:
         assert torch.allclose(sums.sum(-1), torch.ones(3, 2, 4, 5), atol=1e-5)
+    if combine == "hierarchical":  # example 2's source 2 is missing (EOS alone): beta = 0, none of the mass
+        assert (sums[2, ..., 1] == 0).all() and (sums[:2] > 0).all()
     state = m.init_state(m.encode(src))
     steps = []
     for t in range(tgt.shape[1]):

@@ -138,7 +138,8 @@ class MultiHeadAttention(nn.Module):
         """Hierarchical attention over N sources, per head: ``a^n_t = softmax_s`` of the scores
         within source n, contexts ``c^n_t = sum_s a^n_ts v_s``, then
         ``beta_tn = softmax_n(q_t . W_beta c^n_t / sqrt(Dh))`` (W_beta acts on the heads' contexts
-        together). q ``(B, H, T, Dh)``, scores ``(B, H, T, S)``, v ``(B, H, S, Dh)``, mask ``(B, S)``
+        together), over the sources with content: a source that is its EOS alone (missing) gets
+        beta = 0. q ``(B, H, T, Dh)``, scores ``(B, H, T, S)``, v ``(B, H, S, Dh)``, mask ``(B, S)``
         -> the context ``sum_n beta_tn c^n_t`` ``(B, H, T, Dh)`` and the weights ``beta_tn a^n_ts``
         ``(B, H, T, S)``, each row summing to 1."""
         n = self.sources
@@ -147,7 +148,9 @@ class MultiHeadAttention(nn.Module):
         merged = contexts.permute(0, 2, 3, 1, 4).reshape(b, n, t, h * dh)  # (B, N, T, D)
         keys = self.beta_proj(merged).view(b, n, t, h, dh).permute(0, 3, 1, 2, 4)  # (B, H, N, T, Dh)
         beta_scores = (keys * q.unsqueeze(2)).sum(-1).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, N)
-        present = None if mask is None else mask.view(b, 1, 1, n, -1).any(-1)  # (B, 1, 1, N)
+        # a source with content: more than its EOS (an empty field, a missing source or a previous
+        # sentence that does not exist, is EOS alone and gets beta = 0)
+        present = None if mask is None else mask.view(b, 1, 1, n, -1).sum(-1) > 1  # (B, 1, 1, N)
         weights, beta = mix_sources(per_source, beta_scores, present)  # (B, H, T, S), (B, H, T, N)
         return (beta.transpose(-1, -2).unsqueeze(-1) * contexts).sum(2), weights  # (B, H, T, Dh)
 
