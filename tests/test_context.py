@@ -23,7 +23,7 @@ FILLER = ["ka", "lo", "mi", "tun", "ser", "bi", "do", "fa", "rel", "nu", "pa", "
 
 
 def context_corpus(folder, name: str, docs: int, seed: int):
-    """Documents of 2-3 sentences. A noun sentence ``hund ka lo`` -> ``HUND KA LO``; a pronoun
+    """Documents of one or two sentence pairs. A noun sentence ``hund ka lo`` -> ``HUND KA LO``; a pronoun
     sentence ``es mi do`` -> ``ER MI DO`` after a masculine noun, ``SIE MI DO`` after a feminine
     one: the pronoun is ambiguous without the previous sentence. Writes NAME.src/.tgt/.docs and
     returns the (source, target) pairs with, per line, the expected pronoun or None."""
