@@ -14,10 +14,11 @@ sentence itself and the K previous sentences, nearest first::
 A previous sentence from another document, or before the first line, is an empty field: a
 missing source, encoded as EOS alone. ``hierarchical`` gives it beta = 0; ``flat`` and ``serial``
 read it as a one-token sentence that the model learns to discount (no NaN either way). How the
-decoder reads the sentences is ``model.combine``: ``hierarchical`` is HAN's two levels (per
-sentence, then a softmax over the sentences' contexts; the current sentence is one of them, where
-HAN adds it through a gate), ``serial`` one encoder-decoder sublayer per sentence, ``flat`` one
-attention over all of their words (the attention counterpart of concatenation).
+decoder reads the sentences is ``model.combine``: ``gated`` is HAN-NMT's (the sentence's own
+attention, the previous sentences' two-level attention, mixed by a gate), ``hierarchical`` HAN's two
+levels with the sentence among the candidates of the sentence-level softmax, ``serial`` one
+encoder-decoder sublayer per sentence, ``flat`` one attention over all of their words (the
+attention counterpart of concatenation).
 
 Documents are given by a docs file: the line number (counted from 1) of the first line of each
 document, one per line, ascending, the first being 1 (HAN-NMT's ``-doc`` files list the same starts

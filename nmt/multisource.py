@@ -11,7 +11,7 @@ stays ``(B, S)`` with ``S = N S'``: the memory, the source mask (True = a real p
 attention, the coverage. A single-source batch is the case N = 1. A model encodes the segments as
 ``B N`` rows of one shared encoder (:func:`source_rows`; a learned embedding of the source index
 tells the sources apart) and lays the states back side by side (:func:`merge_rows`); how the
-decoder combines them is the model's ``combine`` switch (``flat``, ``serial``, ``hierarchical``;
+decoder combines them is the model's ``combine`` switch (``flat``, ``serial``, ``hierarchical``, ``gated``;
 :mod:`nmt.attention`).
 """
 

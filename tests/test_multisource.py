@@ -24,7 +24,7 @@ from nmt.translate import SearchOptions, Translator
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from nmt_cli.main import app
 
-COMBINE = ["flat", "serial", "hierarchical"]
+COMBINE = ["flat", "serial", "hierarchical", "gated"]
 
 
 def two_source_batch(seed: int = 0):
@@ -86,7 +86,7 @@ def test_transformer_combinations(combine):
         assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
     else:
         assert torch.allclose(sums.sum(-1), torch.ones(3, 2, 4, 5), atol=1e-5)
-    if combine == "hierarchical":  # example 2's source 2 is missing (EOS alone): beta = 0, none of the mass
+    if combine in ("hierarchical", "gated"):  # example 2's source 2 is missing (EOS alone): none of the mass
         assert (sums[2, ..., 1] == 0).all() and (sums[:2] > 0).all()
     state = m.init_state(m.encode(src))
     steps = []
@@ -94,6 +94,29 @@ def test_transformer_combinations(combine):
         logp, state, _ = m.step(tgt[:, t], state)
         steps.append(logp)
     assert torch.allclose(torch.stack(steps, 1), torch.log_softmax(out.logits, -1), atol=1e-5)
+
+
+def test_gated_combination_with_the_gate_shut_is_the_sentence_level_model():
+    """HAN's acceptance: a gate forced to 1 (and source 1's embedding 0) gives exactly the model of
+    source 1 alone, with the same weights; a context the gate lets in changes the output."""
+    torch.manual_seed(0)
+    gated = tiny_transformer(sources=2, combine="gated").eval()
+    single = tiny_transformer().eval()
+    missing = single.load_state_dict(gated.state_dict(), strict=False)
+    assert set(missing.missing_keys) == set() and all(k.startswith(("source_embed", "decoder.")) for k in
+                                                        missing.unexpected_keys)
+    with torch.no_grad():
+        gated.source_embed.weight[0] = 0.0
+        for layer in gated.decoder:
+            layer.gate.weight.zero_()
+            layer.gate.bias.fill_(50.0)  # sigmoid(50) is 1.0 in float32
+    seqs, src, tgt = two_source_batch()
+    alone = pack_sources([[example[0]] for example in seqs], 1)
+    assert torch.allclose(gated(src, tgt).logits, single(alone, tgt).logits, atol=1e-5)
+    with torch.no_grad():
+        for layer in gated.decoder:
+            layer.gate.bias.fill_(0.0)
+    assert not torch.allclose(gated(src, tgt).logits[:2], single(alone, tgt).logits[:2], atol=1e-3)
 
 
 @pytest.mark.parametrize("combine", COMBINE)

@@ -27,7 +27,7 @@ from nmt.multisource import merge_rows, segments, source_index, source_rows
 from nmt.vocab import PAD_ID
 
 
-COMBINE = ("flat", "serial", "hierarchical")
+COMBINE = ("flat", "serial", "hierarchical", "gated")
 
 
 @dataclass
@@ -49,8 +49,9 @@ class TransformerConfig:
     sources: int = 1  # source sentences per example: filled in from the prepared data (nmt.multisource)
     # how the decoder reads several sources (Libovický et al. 2018): flat = one attention over all of them;
     # serial = one encoder-decoder attention sublayer per source, one after another; hierarchical = one
-    # attention per source, then a second attention over the N contexts
-    combine: str = "flat"  # flat | serial | hierarchical
+    # attention per source, then a second attention over the N contexts; gated = source 1 as usual, the
+    # others hierarchically, mixed by a gate (HAN, Miculicich et al. 2018: for document context)
+    combine: str = "flat"  # flat | serial | hierarchical | gated
 
     def __post_init__(self):
         if self.combine not in COMBINE:
@@ -256,7 +257,10 @@ class DecoderLayer(nn.Module):
     ``combine = "serial"`` the encoder-decoder sublayer is N sublayers, source 1's first, each with
     its own parameters and reading only its source's segment (Libovický et al. 2018's serial
     combination; Marian's multi-transformer): ``cross_attn``/``s2`` for source 1, ``more_cross``/
-    ``more_s2`` for the others."""
+    ``more_s2`` for the others. With ``combine = "gated"`` source 1 has its own attention
+    ``cross_attn`` (its context c_t) and sources 2..N a hierarchical one ``context_attn`` (d_t), mixed
+    by HAN's gate (Miculicich et al. 2018) ``lambda_t = sigmoid(W_g [c_t; d_t] + b_g)``,
+    ``lambda_t * c_t + (1 - lambda_t) * d_t``; lambda_t = 1 where sources 2..N are all missing."""
 
     def __init__(self, c: TransformerConfig):
         super().__init__()
@@ -270,10 +274,20 @@ class DecoderLayer(nn.Module):
         self.more_cross = nn.ModuleList(MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
                                         for _ in range(self.sources - 1))
         self.more_s2 = nn.ModuleList(Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(self.sources - 1))
+        self.gated = c.sources if c.combine == "gated" and c.sources > 1 else 0  # the sources of a gated layer
+        if self.gated:
+            self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+            self.context_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout, c.sources - 1,
+                                                   hierarchical=c.sources > 2)
+            self.gate = nn.Linear(2 * c.d_model, c.d_model)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder-decoder keys and values of the memory ``(B, S, D)``: ``(B, H, S, Dh)`` each
         (serial: each source's segment projected by its own sublayer, laid side by side)."""
+        if self.gated:  # source 1's segment by cross_attn, the others' by context_attn
+            width = memory.shape[1] // self.gated
+            kv = [self.cross_attn.project_kv(memory[:, :width]), self.context_attn.project_kv(memory[:, width:])]
+            return torch.cat([k for k, _ in kv], dim=2), torch.cat([v for _, v in kv], dim=2)
         if self.sources == 1:
             return self.cross_attn.project_kv(memory)
         kv = [attn.project_kv(m) for attn, m in zip([self.cross_attn, *self.more_cross], segments(memory, self.sources, 1))]
@@ -283,6 +297,8 @@ class DecoderLayer(nn.Module):
               need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """The encoder-decoder sublayer(s): x ``(B, T, D)`` -> ``(B, T, D)``, weights ``(B, H, T, S)``
         (serial: each source's weights in its segment, each row of a segment summing to 1)."""
+        if self.gated:
+            return self.gated_cross(x, cross_kv, src_mask, need_weights)
         if self.sources == 1:
             y, w = self.cross_attn(self.s2.inp(x), *cross_kv, mask=src_mask, need_weights=need_weights)
             return self.s2.out(x, y), w
@@ -294,6 +310,27 @@ class DecoderLayer(nn.Module):
             x = sub.out(x, y)
             weights.append(w)
         return x, torch.cat(weights, dim=-1) if need_weights else None
+
+    def gated_cross(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+                    need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """HAN's gated combination (see the class): x ``(B, T, D)`` -> ``(B, T, D)``; the weights
+        ``(B, H, T, S)`` are source 1's times the mean gate and the others' times one minus it, so
+        that each row sums to 1. ``src_mask`` may have B/g rows (beams sharing source rows)."""
+        h, (k, v), width = self.s2.inp(x), cross_kv, src_mask.shape[1] // self.gated
+        c, wc = self.cross_attn(h, k[:, :, :width], v[:, :, :width], mask=src_mask[:, :width],
+                                need_weights=need_weights)  # (B, T, D), (B, H, T, S')
+        d, wd = self.context_attn(h, k[:, :, width:], v[:, :, width:], mask=src_mask[:, width:],
+                                  need_weights=need_weights)  # (B, T, D), (B, H, T, (N-1) S')
+        lam = torch.sigmoid(self.gate(torch.cat([c, d], -1)))  # (B, T, D)
+        context = src_mask[:, width:].reshape(src_mask.shape[0], self.gated - 1, width).sum(-1) > 1  # (B', N-1)
+        has = context.any(-1).repeat_interleave(x.shape[0] // src_mask.shape[0])  # (B,): any source 2..N with content
+        lam = torch.where(has[:, None, None], lam, torch.ones_like(lam))
+        y = lam * c + (1 - lam) * d
+        weights = None
+        if need_weights:
+            share = lam.mean(-1)[:, None, :, None].to(wc.dtype)  # (B, 1, T, 1)
+            weights = torch.cat([wc * share, wd * (1 - share)], dim=-1)
+        return self.s2.out(x, y), weights
 
     def forward(
         self,
