@@ -259,8 +259,8 @@ def mix_sources(weights: Tensor, beta_scores: Tensor, present: Tensor | None = N
     Args:
         weights: per-source weights ``a^n`` ``(..., N, T, S')`` (:func:`attend_per_source`).
         beta_scores: ``e`` ``(..., T, N)``, how well query t matches source n's context.
-        present: bool, broadcastable to ``beta_scores``: False = a source with no real position
-            (it gets beta = 0), or None.
+        present: bool, broadcastable to ``beta_scores``: False = a source without content (no
+            real position, or its EOS alone: it gets beta = 0), or None.
 
     Returns:
         the weights over all positions ``(..., T, N*S')`` (each row sums to 1), and beta ``(..., T, N)``.

@@ -142,7 +142,7 @@ class MultiHeadAttention(nn.Module):
         together), over the sources with content: a source that is its EOS alone (missing) gets
         beta = 0. q ``(B, H, T, Dh)``, scores ``(B, H, T, S)``, v ``(B, H, S, Dh)``, mask ``(B, S)``
         -> the context ``sum_n beta_tn c^n_t`` ``(B, H, T, Dh)`` and the weights ``beta_tn a^n_ts``
-        ``(B, H, T, S)``, each row summing to 1."""
+        ``(B, H, T, S)``, each row summing to 1 (0 where every source is missing)."""
         n = self.sources
         contexts, per_source = attend_per_source(scores, v, mask, n)  # (B, H, N, T, Dh), (B, H, N, T, S')
         b, h, _, t, dh = contexts.shape
