@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from nmt.context import with_context
 from nmt.errors import NmtError
 from nmt.multisource import SEPARATOR
 from nmt.vocab import Vocab, train_sentencepiece
@@ -133,10 +134,11 @@ def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1,
     return out
 
 
-def _document_starts(context: int, sources: int, docs: dict, splits: dict) -> dict[str, list[int]]:
+def _document_starts(context: int, sources: int, docs: dict, splits: dict, train_lines: int) -> dict[str, list[int]]:
     """Before anything is trained: context takes one source file and a docs file for every split
-    given (``splits``: name -> its files, or None), each checked against its text's lines. Returns
-    each split's 0-based document starts (nothing without context)."""
+    given (``splits``: name -> its files, or None), each checked against its text's lines (the
+    training text's, already read: ``train_lines``). Returns each split's 0-based document starts
+    (nothing without context)."""
     for name, path in docs.items():
         if path and not context:
             raise NmtError(f"--{name}-docs lists documents for --context K; give --context too")
@@ -157,17 +159,8 @@ def _document_starts(context: int, sources: int, docs: dict, splits: dict) -> di
         if not docs.get(name):
             raise NmtError(f"--context {context} needs --{name}-docs: the line number (from 1) where each "
                            "document starts, one per line")
-        starts[name] = read_doc_starts(docs[name], len(read_lines(files[0])))
+        starts[name] = read_doc_starts(docs[name], train_lines if name == "train" else len(read_lines(files[0])))
     return starts
-
-
-def _add_context(src: list[str], context: int, starts: list[int] | None) -> list[str]:
-    """Each line with its ``context`` previous sentences (:func:`nmt.context.with_context`)."""
-    if not context:
-        return src
-    from nmt.context import with_context
-
-    return with_context(src, starts, context)
 
 
 _OTHER_SPACE = re.compile(r"[^\S \t]")  # whitespace other than space and TAB (NBSP, thin space, ...)
@@ -250,10 +243,10 @@ def prepare(
         raise NmtError("every split needs the same source files and one target file")
     if train_align and (sources > 1 or context):
         raise NmtError("--train-align needs a single source without context (word links name one source's words)")
-    starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test})
     src, tgt = read_sources(*train)
+    starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test}, len(src))
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
-    src = _add_context(src, context, starts.get("train"))
+    src = with_context(src, starts.get("train"), context) if context else src
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio, first_only=context > 0)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
@@ -291,7 +284,7 @@ def prepare(
         (out_dir / f"{name}.docs").unlink(missing_ok=True)
         if context:  # the text stays one sentence per line; its documents go beside it
             (out_dir / f"{name}.docs").write_text("".join(f"{i + 1}\n" for i in starts[name]), encoding="utf-8")
-            s = _add_context(s, context, starts[name])
+            s = with_context(s, starts[name], context)
         (out_dir / f"{name}.ref").write_text("".join(x + "\n" for x in t), encoding="utf-8")
         torch.save(encode_split(vocab, s, t, sources, context), out_dir / f"{name}.ids.pt")
         summary[name] = {"lines": len(s)}

@@ -265,7 +265,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, c: TransformerConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
-        self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout, c.sources,
+        self.gated = c.sources if c.combine == "gated" and c.sources > 1 else 0  # the sources of a gated layer
+        self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout, 1 if self.gated else c.sources,
                                              hierarchical=c.combine == "hierarchical")
         self.ff = FeedForward(c.d_model, c.ff_size, c.activation_dropout)
         self.s1, self.s2, self.s3 = (Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(3))
@@ -274,9 +275,7 @@ class DecoderLayer(nn.Module):
         self.more_cross = nn.ModuleList(MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
                                         for _ in range(self.sources - 1))
         self.more_s2 = nn.ModuleList(Sublayer(c.d_model, c.dropout, c.pre_norm) for _ in range(self.sources - 1))
-        self.gated = c.sources if c.combine == "gated" and c.sources > 1 else 0  # the sources of a gated layer
-        if self.gated:
-            self.cross_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout)
+        if self.gated:  # cross_attn reads source 1 alone, context_attn the others
             self.context_attn = MultiHeadAttention(c.d_model, c.heads, c.attention_dropout, c.sources - 1,
                                                    hierarchical=c.sources > 2)
             self.gate = nn.Linear(2 * c.d_model, c.d_model)
