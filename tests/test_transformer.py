@@ -163,7 +163,7 @@ def test_beams_sharing_source_rows_change_nothing(beam):
 
 
 def test_grouped_cross_attention_equals_per_row():
-    from nmt.models.transformer import MultiHeadAttention
+    from nmt.models.multihead import MultiHeadAttention
 
     torch.manual_seed(0)
     att = MultiHeadAttention(32, 4).eval()
