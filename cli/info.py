@@ -35,6 +35,11 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (bes
         ]
         if meta.get("context"):  # a document-context model (nmt prepare --context K)
             lines.insert(3, f"context:        the {meta['context']} previous sentence(s) of each line's document")
+        if meta.get("averaged_from"):  # nmt average
+            lines.insert(3, f"averaged:       {len(meta['averaged_from'])} checkpoints (updates "
+                            f"{', '.join(str(s) for s in meta.get('averaged_steps', []))})")
+        elif meta.get("ema"):  # train.ema
+            lines.insert(3, f"weights:        exponential moving average (train.ema {meta['ema']})")
         if meta.get("direction") == "reverse":  # the target->source model of a train.agreement run
             lines.insert(3, "direction:      reverse (target -> source, trained with train.agreement)")
         typer.echo("\n".join(lines))

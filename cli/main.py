@@ -18,6 +18,7 @@ import typer
 from nmt import __version__
 from nmt_cli import common
 from nmt_cli.attention import attention
+from nmt_cli.average import average
 from nmt_cli.evaluate import evaluate
 from nmt_cli.info import info
 from nmt_cli.prepare import prepare
@@ -57,7 +58,7 @@ def main(
     keep_freed_memory(one_arena=ctx.invoked_subcommand in ("translate", "evaluate"))
 
 
-for command in (prepare, train, translate, evaluate, info, attention, quickstart):
+for command in (prepare, train, translate, evaluate, info, average, attention, quickstart):
     app.command(no_args_is_help=command.__name__ not in ("translate", "quickstart"))(command)
 
 

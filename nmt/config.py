@@ -61,6 +61,8 @@ class TrainConfig:
     save_every: int = 0  # updates between last.pt writes (0 = at each validation only)
     patience: int = 0  # early stopping: validations without BLEU gain (0 = never stop early)
     keep_last: bool = True  # write last.pt at each validation too (save_every and a stop request always do)
+    keep_checkpoints: int = 0  # also keep the weights of the last N validations as step-<update>.pt (nmt average)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (e.g. 0.999; 0 = off)
     device: str = "auto"  # cpu | cuda | auto
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only; bf16 on CPU and CUDA)
     threads: int = 0  # CPU threads for torch (0 = all cores)
@@ -71,7 +73,7 @@ class TrainConfig:
         positive = ("batch_tokens", "accumulate", "valid_every", "valid_beam", "log_every")
         not_negative = ("max_steps", "max_epochs", "max_minutes", "valid_max_sentences", "save_every", "patience",
                         "threads", "clip_norm", "weight_decay", "coverage_loss", "plateau_patience", "min_lr",
-                        "guided_alignment", "align_head", "agreement")
+                        "guided_alignment", "align_head", "agreement", "keep_checkpoints")
         checks = [
             *((getattr(self, k) >= 1, f"train.{k} must be >= 1, got {getattr(self, k)!r}") for k in positive),
             *((getattr(self, k) >= 0, f"train.{k} must be >= 0, got {getattr(self, k)!r}") for k in not_negative),
@@ -82,6 +84,7 @@ class TrainConfig:
             (self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup!r}"),
             (0 < self.plateau_factor <= 1, f"train.plateau_factor must be in (0, 1], got {self.plateau_factor!r}"),
             (0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"),
+            (0 <= self.ema < 1, f"train.ema must be in [0, 1) (0 = off), got {self.ema!r}"),
             (0 <= self.source_dropout < 1, f"train.source_dropout must be in [0, 1), got {self.source_dropout!r}"),
             (self.agreement_cost in COSTS,
              f"unknown train.agreement_cost {self.agreement_cost!r}; valid: {', '.join(COSTS)}"),

@@ -8,6 +8,7 @@ SIGINT/SIGTERM handling, and torch.distributed DDP when started by ``torchrun``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -20,22 +21,23 @@ from pathlib import Path
 import torch
 
 from nmt.agreement import agreement_cost, reverse_batch
-from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
-from nmt.config import RunConfig, model_differences
+from nmt.config import RunConfig
 from nmt.data import Batch, ParallelIds, epoch_batches
 from nmt.device import amp_warning, autocast, check_amp, pick_device
 from nmt.distributed import Dist
+from nmt.ema import ema_decay, ema_update
 from nmt.errors import NmtError
 from nmt.guided import alignment_loss
 from nmt.loss import coverage_loss, fuse_output_projection, output_loss
 from nmt.models import build_model
 from nmt.multisource import drop_sources
-from nmt.runtime import Stop, peak_rss_mb, rng_state, set_rng_state
+from nmt.run_files import RunFiles
+from nmt.runtime import Stop, peak_rss_mb
 from nmt.schedules import SCHEDULES
 from nmt.vocab import PAD_ID, Vocab
 
 
-class Trainer:
+class Trainer(RunFiles):
     """Holds everything one run needs; :meth:`run` trains until a limit or a stop request."""
 
     def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False, log=None):
@@ -67,6 +69,9 @@ class Trainer:
         self.reverse = build_model(config.model_kind, config.model).to(self.device) if self.tc.agreement > 0 else None
         if self.tc.guided_alignment > 0 or self.tc.agreement > 0:
             self._check_head(data_dir)
+        # train.ema: the moving average of the weights (nmt.ema), validated and saved by rank 0 only
+        self.average = copy.deepcopy(self.model).requires_grad_(False) if self.tc.ema > 0 and self.dist.is_main \
+            else None
         self.ddp_model = self.dist.wrap(self.model)
         self.ddp_reverse = self.dist.wrap(self.reverse) if self.reverse is not None else None
         self.opt = torch.optim.Adam(self._parameters(), lr=self.tc.lr, betas=self.tc.adam_betas,
@@ -96,6 +101,12 @@ class Trainer:
             return replace(model_config, vocab_size=len(self.vocab), sources=sources)
         except ValueError as e:  # a switch that needs a single source, on multi-source data
             raise NmtError(f"{data_dir} has {sources} sources per example: {e}") from None
+
+    @property
+    def served(self):
+        """The model that validation scores and best.pt/last.pt hold: the weights' average with
+        train.ema, else the model itself."""
+        return self.average if self.average is not None else self.model
 
     def _parameters(self) -> list:
         """What the optimizer updates: the model's parameters, then the reverse model's (agreement)."""
@@ -130,68 +141,6 @@ class Trainer:
         """The epoch of the latest update, counted from 1 (``self.epoch`` is the 0-based index of
         the epoch being read, which is one past the last after ``max_epochs``: position 0)."""
         return self.epoch if self.position == 0 and self.epoch > 0 else self.epoch + 1
-
-    # -- checkpoints ---------------------------------------------------------------------------
-    def _training_state(self) -> dict:
-        return {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch,
-                "position": self.position, "elapsed": self.elapsed, "best_bleu": self.best_bleu,
-                "bad_validations": self.bad_validations, "lr_scale": self.lr_scale,
-                "plateau_bad": self.plateau_bad, "rng": rng_state(),
-                "scaler": self.scaler.state_dict() if self.scaler else {},
-                "reverse": self.reverse.state_dict() if self.reverse is not None else {}}
-
-    def save(self, name: str, bleu: float | None = None) -> None:
-        if not self.dist.is_main:
-            return
-        meta = {"step": self.step, "epoch": self.epoch, "update_epoch": self.update_epoch(), "valid_bleu": bleu,
-                "best_valid_bleu": self.best_bleu,
-                "train_pairs": len(self.train_data), "context": self.train_data.context, "config": self.cfg.to_dict()}
-        atomic_save(make_checkpoint(self.model, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
-                    self.out / name)
-        if self.reverse is not None:  # the target->source model, a checkpoint of its own: best.reverse.pt
-            meta = {**meta, "direction": "reverse", "valid_bleu": None, "best_valid_bleu": None}
-            atomic_save(make_checkpoint(self.reverse, self.cfg.model_kind, self.spm_bytes, meta),
-                        self.out / name.replace(".pt", ".reverse.pt"))
-
-    def _resume(self) -> None:
-        path = self.out / "last.pt"
-        if not path.exists():
-            raise NmtError(f"{path}: nothing to resume; train without --resume first")
-        ckpt = load_checkpoint(path, mmap=False)  # all of it is needed, and kept for the whole run
-        self._check_fits(path, ckpt)
-        self.model.load_state_dict(ckpt["weights"])
-        t = ckpt.get("training")
-        if t is None:
-            raise NmtError(f"{path}: has no training state to resume from")
-        if self.reverse is not None:
-            if not t.get("reverse"):
-                raise NmtError(f"{path}: was trained without train.agreement; its optimizer has no reverse model")
-            self.reverse.load_state_dict(t["reverse"])
-        elif t.get("reverse"):
-            raise NmtError(f"{path}: was trained with train.agreement > 0; resume with it")
-        self.opt.load_state_dict(t["optimizer"])
-        for key in ("step", "epoch", "position", "elapsed", "best_bleu", "bad_validations", "lr_scale", "plateau_bad"):
-            setattr(self, key, t[key])
-        if self.scaler and t.get("scaler"):
-            self.scaler.load_state_dict(t["scaler"])
-        set_rng_state(t["rng"])
-        self.log(f"resumed from {path} at update {self.step} (epoch {self.epoch + 1}, batch {self.position})")
-
-    def _check_fits(self, path: Path, ckpt: dict) -> None:
-        """The config's model must be the checkpoint's (kind, every setting but dropout: even where
-        the weights would load, as with other heads, they would mean something else) and so must
-        its SentencePiece model; another dropout applies from here on, with a note."""
-        if ckpt["kind"] != self.cfg.model_kind:
-            raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
-        saved, now = ckpt["model_config"], asdict(self.cfg.model)
-        dropouts, others = model_differences(saved, now)
-        if others:
-            raise NmtError(f"{path}: the config's model differs from the checkpoint's ({_differences(others, saved, now)})"
-                           f"; resume without -c to use the run's own {self.out / 'config.json'}")
-        if bytes(ckpt["spm_model"].numpy()) != self.spm_bytes:
-            raise NmtError(f"{path}: data.dir {self.cfg.data.dir} has another SentencePiece model than the run's")
-        if dropouts:
-            self.log(f"note: continuing with other dropout than {path}'s: {_differences(dropouts, saved, now)}")
 
     # -- one update ----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -254,6 +203,8 @@ class Trainer:
         else:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.average is not None:
+            ema_update(self.average, self.model, ema_decay(self.step, self.tc.ema))
         return loss_total / tokens, nll_total / tokens, tokens
 
     def _batch_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,7 +357,7 @@ class Trainer:
 
         stop = False
         if self.dist.is_main:
-            result = validate(self.model, self.vocab, self.valid_data, self.valid_text, self.tc, self.device)
+            result = validate(self.served, self.vocab, self.valid_data, self.valid_text, self.tc, self.device)
             bleu = result.get("bleu")
             improved = bleu is None or bleu > self.best_bleu  # no valid text: best.pt is the latest
             if bleu is None:
@@ -429,6 +380,8 @@ class Trainer:
                 self.save("best.pt", bleu)
             if self.tc.keep_last:
                 self.save("last.pt", bleu)
+            if self.tc.keep_checkpoints:
+                self._snapshot(bleu)
             stop = bool(self.tc.patience and self.bad_validations >= self.tc.patience)
         return self.dist.any(stop)
 
@@ -455,10 +408,6 @@ class Trainer:
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     return Trainer(config, out_dir, resume).run()
-
-
-def _differences(keys: list[str], saved: dict, now: dict) -> str:
-    return "; ".join(f"model.{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys)
 
 
 def config_summary(config: RunConfig) -> str:

@@ -25,7 +25,7 @@ import torch
 from nmt.device import amp_warning, autocast, check_amp
 from nmt.multisource import num_sources, pack_sources, split_fields
 from nmt.search import Hypothesis, beam_search
-from nmt.vocab import EOS_ID, PAD_ID
+from nmt.vocab import EOS_ID
 
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
 

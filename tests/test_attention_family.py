@@ -219,7 +219,7 @@ def test_copy_learns_rare_tokens():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from nmt.monotonic import expected_alignment, expected_alignment_recursive, hard_alignment  # noqa: E402
+from nmt.monotonic import expected_alignment, expected_alignment_recursive  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)

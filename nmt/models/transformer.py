@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.attention import side_by_side
 from nmt.models.dropout import Dropout
 from nmt.models.multihead import MultiHeadAttention
 from nmt.models.output import ModelOutput, step_log_probs

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nmt_cli.common import err, guard
+
+
+def average(
+    checkpoints: Annotated[list[Path], typer.Argument(
+        exists=True, dir_okay=False, readable=True, metavar="CKPT",
+        help="Checkpoints of one model, e.g. the step-*.pt of a run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="The averaged checkpoint to write.")],
+) -> None:
+    """Average the weights of checkpoints of one model into one checkpoint (no training state).
+
+    Keep a run's last validations with `--set train.keep_checkpoints=N`, then average them; the
+    result translates like best.pt, often a little better (Vaswani et al. 2017).
+
+    \b
+        nmt average runs/de-en/step-*.pt -o runs/de-en/average.pt
+    """
+    from nmt.average import average_checkpoints
+    from nmt.checkpoint import atomic_save
+
+    with guard():
+        ckpt = average_checkpoints(checkpoints)
+        atomic_save(ckpt, out)
+        steps = [s for s in ckpt["meta"]["averaged_steps"] if s is not None]
+        updates = f" (updates {', '.join(map(str, steps))})" if steps else ""
+        err(f"averaged {len(checkpoints)} checkpoint(s){updates} -> {out}")

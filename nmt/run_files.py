@@ -1,0 +1,106 @@
+"""What a training run writes and reads back: best.pt, last.pt (with the training state that
+makes ``--resume`` exact), the step-<update>.pt snapshots of ``train.keep_checkpoints``, the
+reverse model's checkpoints (``train.agreement``), and the checks a resumed run must pass.
+
+:class:`RunFiles` is a part of :class:`nmt.train.Trainer`, kept apart to keep each file to one concept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from nmt.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from nmt.config import model_differences
+from nmt.errors import NmtError
+from nmt.runtime import rng_state, set_rng_state
+
+
+class RunFiles:
+    """Checkpoint methods of :class:`nmt.train.Trainer` (which holds the state they read)."""
+
+    def _training_state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch,
+                "position": self.position, "elapsed": self.elapsed, "best_bleu": self.best_bleu,
+                "bad_validations": self.bad_validations, "lr_scale": self.lr_scale,
+                "plateau_bad": self.plateau_bad, "rng": rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "reverse": self.reverse.state_dict() if self.reverse is not None else {},
+                "raw": self.model.state_dict() if self.average is not None else {}}  # train.ema: what training goes on from
+
+    def _meta(self, bleu: float | None) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "update_epoch": self.update_epoch(), "valid_bleu": bleu,
+                "best_valid_bleu": self.best_bleu, "ema": self.tc.ema, "train_pairs": len(self.train_data),
+                "context": self.train_data.context, "config": self.cfg.to_dict()}
+
+    def save(self, name: str, bleu: float | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        meta = self._meta(bleu)
+        atomic_save(make_checkpoint(self.served, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
+                    self.out / name)
+        if self.reverse is not None:  # the target->source model, a checkpoint of its own: best.reverse.pt
+            meta = {**meta, "direction": "reverse", "valid_bleu": None, "best_valid_bleu": None}
+            atomic_save(make_checkpoint(self.reverse, self.cfg.model_kind, self.spm_bytes, meta),
+                        self.out / name.replace(".pt", ".reverse.pt"))
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        if not path.exists():
+            raise NmtError(f"{path}: nothing to resume; train without --resume first")
+        ckpt = load_checkpoint(path, mmap=False)  # all of it is needed, and kept for the whole run
+        self._check_fits(path, ckpt)
+        t = ckpt.get("training")
+        if t is None:
+            raise NmtError(f"{path}: has no training state to resume from")
+        raw = t.get("raw")  # train.ema: "weights" is the average, "raw" what training goes on from
+        self.model.load_state_dict(raw or ckpt["weights"])
+        if self.average is not None:
+            self.average.load_state_dict(ckpt["weights"])
+            if not raw:
+                self.log(f"note: {path} was trained without train.ema; the average starts from its weights")
+        elif raw and self.tc.ema == 0:
+            self.log(f"note: {path} was trained with train.ema; going on without it, from its raw weights")
+        if self.reverse is not None:
+            if not t.get("reverse"):
+                raise NmtError(f"{path}: was trained without train.agreement; its optimizer has no reverse model")
+            self.reverse.load_state_dict(t["reverse"])
+        elif t.get("reverse"):
+            raise NmtError(f"{path}: was trained with train.agreement > 0; resume with it")
+        self.opt.load_state_dict(t["optimizer"])
+        for key in ("step", "epoch", "position", "elapsed", "best_bleu", "bad_validations", "lr_scale", "plateau_bad"):
+            setattr(self, key, t[key])
+        if self.scaler and t.get("scaler"):
+            self.scaler.load_state_dict(t["scaler"])
+        set_rng_state(t["rng"])
+        self.log(f"resumed from {path} at update {self.step} (epoch {self.epoch + 1}, batch {self.position})")
+
+    def _check_fits(self, path: Path, ckpt: dict) -> None:
+        """The config's model must be the checkpoint's (kind, every setting but dropout: even where
+        the weights would load, as with other heads, they would mean something else) and so must
+        its SentencePiece model; another dropout applies from here on, with a note."""
+        if ckpt["kind"] != self.cfg.model_kind:
+            raise NmtError(f"{path}: is a {ckpt['kind']} model but the config asks for {self.cfg.model_kind}")
+        saved, now = ckpt["model_config"], asdict(self.cfg.model)
+        dropouts, others = model_differences(saved, now)
+        if others:
+            raise NmtError(f"{path}: the config's model differs from the checkpoint's ({_differences(others, saved, now)})"
+                           f"; resume without -c to use the run's own {self.out / 'config.json'}")
+        if bytes(ckpt["spm_model"].numpy()) != self.spm_bytes:
+            raise NmtError(f"{path}: data.dir {self.cfg.data.dir} has another SentencePiece model than the run's")
+        if dropouts:
+            self.log(f"note: continuing with other dropout than {path}'s: {_differences(dropouts, saved, now)}")
+
+    def _snapshot(self, bleu: float | None) -> None:
+        """train.keep_checkpoints: the served weights as step-<update>.pt (no training state: for
+        nmt translate and nmt average), keeping the newest N."""
+        atomic_save(make_checkpoint(self.served, self.cfg.model_kind, self.spm_bytes, self._meta(bleu)),
+                    self.out / f"step-{self.step}.pt")
+        steps = sorted(int(m.group(1)) for f in self.out.glob("step-*.pt") if (m := re.fullmatch(r"step-(\d+)\.pt", f.name)))
+        for old in steps[:-self.tc.keep_checkpoints]:
+            (self.out / f"step-{old}.pt").unlink(missing_ok=True)
+
+
+def _differences(keys: list[str], saved: dict, now: dict) -> str:
+    return "; ".join(f"model.{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys)
