@@ -15,8 +15,9 @@ def evaluate(
     ref: Annotated[Path, typer.Option("--ref", "-r", exists=True, dir_okay=False, readable=True, help="Reference file.")],
     hyp: Annotated[Optional[Path], typer.Option("--hyp", exists=True, dir_okay=False, readable=True,
                                                 help="Hypotheses to score (one per line).")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True,
-                                                  help="Translate --src with this checkpoint, then score.")] = None,
+    model: Annotated[Optional[list[Path]], typer.Option(
+        "--model", "-m", exists=True, dir_okay=False, readable=True,
+        help="Translate --src with this checkpoint (more than once: an ensemble), then score.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", exists=True, dir_okay=False, readable=True,
                                                 help="Source file (with --model).")] = None,
     beam: Annotated[Optional[int], typer.Option(min=1, help="With --model: beam size [default: 5].")] = None,
@@ -42,8 +43,9 @@ def evaluate(
     from nmt.prepare import read_lines
 
     with guard():
-        if (hyp is None) == (model is None):
+        if (hyp is None) == (not model):
             raise NmtError("give either --hyp FILE, or --model CKPT with --src FILE")
+        refs = read_lines(ref)  # once: --ref may be a pipe
         search = {"--beam": beam, "--length-penalty": length_penalty, "--coverage-penalty": coverage_penalty}
         if hyp is not None:
             if docs is not None:
@@ -54,23 +56,22 @@ def evaluate(
         else:
             if src is None:
                 raise NmtError("--model needs --src (the source text to translate)")
-            from nmt.checkpoint import load_checkpoint, model_from_checkpoint
             from nmt.context import checkpoint_window
             from nmt.device import pick_device
+            from nmt.ensemble import load_models
             from nmt.translate import SearchOptions, Translator
 
-            sources, refs = read_lines(src), read_lines(ref)
+            sources = read_lines(src)
             if len(sources) != len(refs):  # before translating them all
                 raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
-            ckpt = load_checkpoint(model)
-            net, vocab = model_from_checkpoint(ckpt)
+            net, vocab, ckpt = load_models(model)
             if window := checkpoint_window(ckpt, docs, len(sources)):
                 sources = window.add(sources, 0)
             given = dict(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
             opts = SearchOptions(**{k: v for k, v in given.items() if v is not None})  # the rest: its defaults
             hyps = Translator(net.to(dev), vocab, opts, device=dev).translate(sources)
-        result = score(hyps, read_lines(ref), ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
+        result = score(hyps, refs, ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
         if as_json:
             typer.echo(json.dumps({k: {"score": v["score"], "signature": v["signature"]} for k, v in result.items()}))
         else:

@@ -12,7 +12,9 @@ from nmt_cli.common import err, guard
 
 
 def translate(
-    model: Annotated[Path, typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True, help="Checkpoint (best.pt).")],
+    ctx: typer.Context,
+    model: Annotated[list[Path], typer.Option("--model", "-m", exists=True, dir_okay=False, readable=True,
+                                              help="Checkpoint (best.pt); give it more than once for an ensemble.")],
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Input file (default or -: stdin).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default or -: stdout).")] = None,
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy).")] = 5,
@@ -47,6 +49,16 @@ def translate(
         exists=True, dir_okay=False, readable=True,
         help="Context models: the input line (from 1) where each document starts, one per line (default: "
              "documents are separated by empty lines).")] = None,
+    sample: Annotated[bool, typer.Option(help="Draw --n-best samples per line from the model instead of searching "
+                                              "(e.g. for back-translation).")] = False,
+    sample_topk: Annotated[int, typer.Option(min=0, help="With --sample: only from the k most probable tokens "
+                                                         "(0 = all).")] = 0,
+    sample_topp: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --sample: only from the smallest set "
+                                                                      "of tokens holding this probability (0 = all).")] = 0.0,
+    temperature: Annotated[float, typer.Option(help="With --sample: divides the log-probabilities (< 1 sharper, "
+                                                    "> 1 flatter; > 0).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="With --sample: the seed; with a line's number it decides the line's "
+                                           "samples, whatever the batching.")] = 0,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
 
@@ -57,12 +69,13 @@ def translate(
         nmt translate -m best.pt -i test.de --quantize int8      # faster on CPU; see bench/decode.py
         nmt translate -m best.pt -i few.de --attention pics/ --alignments few.align --attention-stats stats.jsonl
         nmt translate -m context.pt -i talks.de --docs talks.docs  # a document-context model (nmt prepare --context)
+        nmt translate -m best.pt -i mono.en --sample --sample-topk 10  # sampled back-translations
     """
     import torch
 
-    from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.context import checkpoint_window
     from nmt.device import pick_device
+    from nmt.ensemble import load_models
     from nmt.errors import NmtError
     from nmt.guided import default_heads
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
@@ -70,17 +83,21 @@ def translate(
     with guard():
         input, output = (None if path is not None and str(path) == "-" else path for path in (input, output))
         _check_paths(model, input, output, attention_stats, alignments, attention)
-        if n_best > beam:
+        _check_sampling(ctx, sample)
+        if temperature <= 0:
+            raise NmtError(f"--temperature must be > 0, got {temperature}")
+        if n_best > beam and not sample:
             err(f"warning: --n-best {n_best} is more than --beam {beam}: "
                 f"{'one hypothesis' if beam == 1 else f'{beam} hypotheses'} per line")
         dev = pick_device(device)
-        ckpt = load_checkpoint(model)
-        net, vocab = model_from_checkpoint(ckpt)
+        net, vocab, ckpt = load_models(model)
         align_layer, align_heads = default_heads(ckpt, align_layer, align_heads)
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
-                             n_best=min(n_best, beam), batch_size=batch_size, batch_tokens=batch_tokens,
-                             coverage_penalty=coverage_penalty, amp=amp, workers=workers)
+                             n_best=n_best if sample else min(n_best, beam), batch_size=batch_size,
+                             batch_tokens=batch_tokens, coverage_penalty=coverage_penalty, amp=amp, workers=workers,
+                             sample=sample, sample_topk=sample_topk, sample_topp=sample_topp, temperature=temperature,
+                             seed=seed)
         tr = Translator(net.to(dev), vocab, opts, device=dev, warn=err)
         if tr.sources > 1 and (alignments or attention_stats):
             raise NmtError(f"--{'alignments' if alignments else 'attention-stats'} names the words of one source; "
@@ -114,7 +131,22 @@ def translate(
         common.SKIP_TEARDOWN["on"] = True  # all written and closed: the process may end at once (main.run)
 
 
-def _check_paths(model: Path, input: Path | None, output: Path | None, stats: Path | None, alignments: str | None,
+def _check_sampling(ctx: typer.Context, sample: bool) -> None:
+    """Nothing given is ignored: the search's options have no effect on sampling, nor sampling's
+    without ``--sample``."""
+    from nmt.errors import NmtError
+
+    def given(names):  # (typer may bring its own click: compare the source by name)
+        return [f"--{n.replace('_', '-')}" for n in names if ctx.get_parameter_source(n).name != "DEFAULT"]
+
+    if sample and (search := given(("beam", "length_penalty", "coverage_penalty"))):
+        raise NmtError(f"{', '.join(search)} {'is a beam-search option' if len(search) == 1 else 'are beam-search options'}"
+                       ", which --sample does not use")
+    if not sample and (sampling := given(("sample_topk", "sample_topp", "temperature", "seed"))):
+        raise NmtError(f"{', '.join(sampling)} only appl{'ies' if len(sampling) == 1 else 'y'} with --sample")
+
+
+def _check_paths(models: list[Path], input: Path | None, output: Path | None, stats: Path | None, alignments: str | None,
                  pictures: Path | None) -> None:
     """Everything about the files that can fail, checked before any of them is opened (an output
     opened for writing is emptied): the input, closed standard streams, ``-`` where it means
@@ -133,7 +165,7 @@ def _check_paths(model: Path, input: Path | None, output: Path | None, stats: Pa
     for option, path in (("--attention-stats", stats), ("--attention", pictures)):
         if path is not None and str(path) == "-":
             raise NmtError(f"{option} -: give a file or folder name (standard output holds the translations)")
-    _check_distinct({"--model": model, "--input": input}, {"--output": output, "--attention-stats": stats,
+    _check_distinct({**{f"--model {m}": m for m in models}, "--input": input}, {"--output": output, "--attention-stats": stats,
                                                           "--alignments": None if alignments in (None, "-")
                                                           else Path(alignments)})
 

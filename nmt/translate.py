@@ -48,6 +48,11 @@ class SearchOptions:
     max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
     workers: int = 0  # batches searched at once, one thread each (0 = auto: 2 on a CPU with >= 2 threads; GPU: 1)
     amp: str = "none"  # bf16 | fp16: autocast while searching (fp16 CUDA only; CPU bf16 is slow without native bf16)
+    sample: bool = False  # draw n_best samples per line instead of searching (nmt.sampling; beam and alpha unused)
+    sample_topk: int = 0  # sampling: only from the k most probable tokens (0 = all)
+    sample_topp: float = 0.0  # sampling: only from the nucleus holding this probability (0 = all)
+    temperature: float = 1.0  # sampling: divides the log-probabilities (< 1 sharper, > 1 flatter)
+    seed: int = 0  # sampling: with the line number, decides every draw (the same output in any batch)
 
 
 QUANTIZE = ("none", "int8")
@@ -155,13 +160,21 @@ def map_in_threads(fn: Callable, items: list, workers: int) -> list:
             torch.set_num_threads(total)
 
 
-def search_batch(model, opt: SearchOptions, device: torch.device, seqs: list[list[list[int]]],
+def search_batch(model, opt: SearchOptions, device: torch.device, items: list[tuple[list[list[int]], int]],
                  need_attention: bool) -> list[list[Hypothesis]]:
-    """Beam search over one batch: per sentence the id sequences of its N sources, padded into
-    ``(B, N * S')`` (:func:`nmt.multisource.pack_sources`), under the options' autocast, which is
-    thread-local and so is set here, in the thread that searches."""
+    """Beam search (or sampling, ``opt.sample``) over one batch: per sentence the id sequences of
+    its N sources, padded into ``(B, N * S')`` (:func:`nmt.multisource.pack_sources`), and its line
+    number (the key of its samples), under the options' autocast, which is thread-local and so is
+    set here, in the thread that searches."""
+    seqs = [s for s, _ in items]
     src = pack_sources(seqs, len(seqs[0]))  # (B, S)
     with autocast(device, opt.amp, "--amp"):
+        if opt.sample:
+            from nmt.sampling import sample_search
+
+            return sample_search(model, src.to(device), torch.tensor([n for _, n in items]), opt.n_best,
+                                 opt.temperature, opt.sample_topk, opt.sample_topp, opt.seed, opt.max_len_a,
+                                 opt.max_len_b, need_attention)
         return beam_search(model, src.to(device), opt.beam, opt.max_len_a, opt.max_len_b, opt.alpha, opt.n_best,
                            need_attention, opt.coverage_penalty)
 
@@ -234,7 +247,8 @@ class Translator:
         order = sorted(range(len(todo)), key=lambda j: lengths[j])
         self.model.eval()
         size, tokens = batch_limits(self.opt, self.device)
-        budget = max(1, tokens // self.opt.beam) if tokens else 0  # sentences x longest
+        rows = self.opt.n_best if self.opt.sample else self.opt.beam  # hypotheses per sentence
+        budget = max(1, tokens // rows) if tokens else 0  # sentences x longest
         batches = [[order[i] for i in chunk] for chunk in length_batches([lengths[j] for j in order], size, budget)]
 
         workers = decode_workers(self.opt.workers, self.device, torch.get_num_threads())
@@ -242,7 +256,8 @@ class Translator:
                                                    need_attention=need_attention),
                          warn=partial(self._warn_once, "warning: out of memory on a decoding batch: searching it in "
                                                        "halves (a lower --batch-tokens avoids the retries)"))
-        found = map_in_threads(search, [[ids[j] for j in chunk] for chunk in batches], workers)
+        items = [[(ids[j], first_line + todo[j]) for j in chunk] for chunk in batches]  # (sources, line number)
+        found = map_in_threads(search, items, workers)
         for chunk, out in zip(batches, found):
             for row, j in enumerate(chunk):
                 results[todo[j]] = out[row]

@@ -241,11 +241,11 @@ def test_out_of_memory_searches_the_batch_in_halves(monkeypatch):
 
     sizes, limit = [], {"n": 3}
 
-    def fake_search(model, opt, device, seqs, need_attention=False):
-        sizes.append(len(seqs))
-        if len(seqs) > limit["n"]:
+    def fake_search(model, opt, device, items, need_attention=False):  # items: (sources' ids, line number)
+        sizes.append(len(items))
+        if len(items) > limit["n"]:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return [[tr_mod.Hypothesis([seq[0][0]], 0.0)] for seq in seqs]
+        return [[tr_mod.Hypothesis([seq[0][0]], 0.0)] for seq, _ in items]
 
     monkeypatch.setattr(tr_mod, "search_batch", fake_search)
     vocab = type("V", (), {"encode": lambda self, xs: [[int(x)] for x in xs]})()

@@ -67,13 +67,13 @@ def build_model(kind: str, config) -> nn.Module:
 def untie_output(model: nn.Module) -> nn.Module:
     """Give a model whose output layer is tied to its embedding matrix (``model.output is None``,
     logits = h E^T) its own ``nn.Linear`` holding a copy of E, so that module-level transforms for
-    decoding (dynamic int8) reach the largest matrix too. Same logits; for inference only (training
-    would update the two copies apart). Every model reads ``model.output`` when it is set."""
-    if getattr(model, "output", False) is None:
-        weight = model.embed.weight  # (V, D)
-        model.output = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device,
-                                 dtype=weight.dtype)
-        model.output.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    decoding (dynamic int8) reach the largest matrix too; every such model inside ``model`` (the
+    members of an ensemble) likewise. Same logits; for inference only (training would update the
+    two copies apart). Every model reads ``model.output`` when it is set."""
+    for m in [m for m in model.modules() if getattr(m, "output", False) is None and hasattr(m, "embed")]:
+        weight = m.embed.weight  # (V, D)
+        m.output = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+        m.output.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
     return model
 
 
