@@ -65,8 +65,8 @@ def evaluate(
             if len(sources) != len(refs):  # before translating them all
                 raise NmtError(f"--src has {len(sources)} lines but --ref has {len(refs)}; they must match")
             dev = pick_device(device)
-            net, vocab, ckpt = load_models(model)
-            if window := checkpoint_window(ckpt, docs, len(sources)):
+            net, vocab, ckpts = load_models(model)
+            if window := checkpoint_window(ckpts[0], docs, len(sources)):
                 sources = window.add(sources, 0)
             given = dict(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
             opts = SearchOptions(**{k: v for k, v in given.items() if v is not None})  # the rest: its defaults

@@ -36,8 +36,9 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (bes
         if meta.get("context"):  # a document-context model (nmt prepare --context K)
             lines.insert(3, f"context:        the {meta['context']} previous sentence(s) of each line's document")
         if meta.get("averaged_from"):  # nmt average
-            lines.insert(3, f"averaged:       {len(meta['averaged_from'])} checkpoints (updates "
-                            f"{', '.join(str(s) for s in meta.get('averaged_steps', []))})")
+            steps = [str(s) for s in meta.get("averaged_steps", []) if s is not None]
+            lines.insert(3, f"averaged:       {len(meta['averaged_from'])} checkpoints"
+                            + (f" (updates {', '.join(steps)})" if steps else ""))
         elif meta.get("ema"):  # train.ema
             lines.insert(3, f"weights:        exponential moving average (train.ema {meta['ema']})")
         if meta.get("direction") == "reverse":  # the target->source model of a train.agreement run

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ def translate(
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy).")] = 5,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="At most this many sentences per decoding batch "
                                                                   "[default: 128 on a CPU, 1000 on a GPU].")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option(min=0, help="At most beam x sentences x longest source per "
-                                                                    "batch too (bounds beam search's memory; 0 = no limit) "
+    batch_tokens: Annotated[Optional[int], typer.Option(min=0, help="At most beam (--sample: n-best) x sentences x "
+                                                                    "longest source per batch too (bounds the search's "
+                                                                    "memory; 0 = no limit) "
                                                                     "[default: 5000 on a CPU, 50000 on a GPU].")] = None,
     length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha (0 = none).")] = 0.6,
     coverage_penalty: Annotated[float, typer.Option(help="GNMT coverage penalty beta (0 = off).")] = 0.0,
@@ -57,7 +59,7 @@ def translate(
                                                                       "of tokens holding this probability (0 = all).")] = 0.0,
     temperature: Annotated[float, typer.Option(help="With --sample: divides the log-probabilities (< 1 sharper, "
                                                     "> 1 flatter; > 0).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="With --sample: the seed; with a line's number it decides the line's "
+    seed: Annotated[int, typer.Option(min=-(2**63), max=2**63 - 1, help="With --sample: the seed; with a line's number it decides the line's "
                                            "samples, whatever the batching.")] = 0,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
@@ -75,7 +77,7 @@ def translate(
 
     from nmt.context import checkpoint_window
     from nmt.device import pick_device
-    from nmt.ensemble import load_models
+    from nmt.ensemble import ensemble_head_source, load_models
     from nmt.errors import NmtError
     from nmt.guided import default_heads
     from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
@@ -84,14 +86,15 @@ def translate(
         input, output = (None if path is not None and str(path) == "-" else path for path in (input, output))
         _check_paths(model, input, output, attention_stats, alignments, attention)
         _check_sampling(ctx, sample)
-        if temperature <= 0:
-            raise NmtError(f"--temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise NmtError(f"--temperature must be a finite number > 0, got {temperature}")
         if n_best > beam and not sample:
             err(f"warning: --n-best {n_best} is more than --beam {beam}: "
                 f"{'one hypothesis' if beam == 1 else f'{beam} hypotheses'} per line")
         dev = pick_device(device)
-        net, vocab, ckpt = load_models(model)
-        align_layer, align_heads = default_heads(ckpt, align_layer, align_heads)
+        net, vocab, ckpts = load_models(model)
+        ckpt = ckpts[0]
+        align_layer, align_heads = default_heads(ensemble_head_source(net, ckpts, dev), align_layer, align_heads)
         net = quantize_model(net.to(dev), quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=n_best if sample else min(n_best, beam), batch_size=batch_size,

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from nmt.checkpoint import load_checkpoint
+from nmt.config import model_differences
 from nmt.errors import NmtError
 
 
@@ -20,8 +21,7 @@ def _mismatch(first: dict, other: dict) -> str | None:
     """Why ``other`` cannot be averaged with ``first``, or None."""
     if other["kind"] != first["kind"]:
         return f"a {other['kind']} model, the first is a {first['kind']}"
-    diff = sorted(k for k in set(first["model_config"]) | set(other["model_config"])
-                  if first["model_config"].get(k) != other["model_config"].get(k))
+    _, diff = model_differences(first["model_config"], other["model_config"])  # dropout may differ (a resume's)
     if diff:
         k = diff[0]
         return f"model.{k} is {other['model_config'].get(k)!r}, the first's {first['model_config'].get(k)!r}"
@@ -29,8 +29,11 @@ def _mismatch(first: dict, other: dict) -> str | None:
         return "another SentencePiece model than the first's"
     if other["weights"].keys() != first["weights"].keys():
         return "other weights than the first's"
-    if (other.get("meta") or {}).get("direction") != (first.get("meta") or {}).get("direction"):
+    meta, first_meta = other.get("meta") or {}, first.get("meta") or {}
+    if meta.get("direction") != first_meta.get("direction"):
         return "a model of the other direction (best.reverse.pt and best.pt do not mix)"
+    if meta.get("context", 0) != first_meta.get("context", 0):
+        return f"document context {meta.get('context', 0)}, the first's {first_meta.get('context', 0)}"
     return None
 
 
@@ -60,6 +63,11 @@ def average_checkpoints(paths: list[Path]) -> dict:
     the file and the difference."""
     if not paths:
         raise NmtError("no checkpoints to average")
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if (key := Path(p).resolve()) in seen:
+            raise NmtError(f"{p}: given twice (as {seen[key]}); each checkpoint counts once in the mean")
+        seen[key] = p
     ckpts = [load_checkpoint(p) for p in paths]
     for path, ckpt in zip(paths[1:], ckpts[1:]):
         if (why := _mismatch(ckpts[0], ckpt)) is not None:

@@ -7,8 +7,8 @@ presets), OpenNMT-py ``average_decay``, fairseq ``--ema-decay``.
 
 The decay warms up as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)``:
 ``min(decay, (1 + step) / (10 + step))``, so the average forgets the random initialisation early
-on (0.1 at step 0, 0.9 at step 80) and averages over about the last ``step / 9`` updates until
-``decay`` takes over (at step ``(10 decay - 1) / (1 - decay)``: 8,991 for 0.999).
+on (0.18 after update 1, 0.9 after update 80) and averages over about the last ``step / 9``
+updates until ``decay`` takes over (from step ``(10 decay - 1) / (1 - decay)``: 8,990 for 0.999).
 """
 
 from __future__ import annotations

@@ -93,12 +93,17 @@ class Ensemble(nn.Module):
         return ModelOutput(logits, mean_attention([o.attention for o in outs]) if need_attention else None)
 
 
-def load_models(paths: list[Path]) -> tuple[nn.Module, object, dict]:
+def load_models(paths: list[Path]) -> tuple[nn.Module, object, list[dict]]:
     """Load one checkpoint (its model) or several (an :class:`Ensemble`). Returns
-    ``(model, vocab, first checkpoint)``; checkpoints that cannot be ensembled with the first
-    are a one-line error naming the file and the difference."""
+    ``(model, vocab, checkpoints)``; a file given twice, or checkpoints that cannot be ensembled
+    with the first, are a one-line error naming the file and the difference."""
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
 
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if (key := Path(p).resolve()) in seen:
+            raise NmtError(f"-m {p}: given twice (as {seen[key]}); each model of an ensemble counts once")
+        seen[key] = p
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[0]
     for path, ckpt in zip(paths[1:], ckpts[1:]):
@@ -113,5 +118,21 @@ def load_models(paths: list[Path]) -> tuple[nn.Module, object, dict]:
     models = [model_from_checkpoint(c) for c in ckpts]
     vocab = models[0][1]
     if len(models) == 1:
-        return models[0][0], vocab, first
-    return Ensemble([m for m, _ in models]).eval(), vocab, first
+        return models[0][0], vocab, ckpts
+    return Ensemble([m for m, _ in models]).eval(), vocab, ckpts
+
+
+def ensemble_head_source(model: nn.Module, ckpts: list[dict], device) -> dict:
+    """The checkpoint whose trained alignment head (guided alignment, agreement) sets the default
+    ``--align-layer`` / ``--align-heads``: the model's own; for an ensemble the first member's
+    only when every member trained the same head and has the same attention shape (else the
+    mean attention has no such head to read: ``{}``, the last layer's mean over heads)."""
+    from nmt.guided import guided_head
+    from nmt.report import attention_shape
+
+    if len(ckpts) == 1:
+        return ckpts[0]
+    same_head = len({guided_head(c) for c in ckpts}) == 1
+    if same_head and len({attention_shape(m, device) for m in model.members}) == 1:
+        return ckpts[0]
+    return {}

@@ -41,7 +41,7 @@ class RunFiles:
         atomic_save(make_checkpoint(self.served, self.cfg.model_kind, self.spm_bytes, meta, self._training_state()),
                     self.out / name)
         if self.reverse is not None:  # the target->source model, a checkpoint of its own: best.reverse.pt
-            meta = {**meta, "direction": "reverse", "valid_bleu": None, "best_valid_bleu": None}
+            meta = {**meta, "direction": "reverse", "valid_bleu": None, "best_valid_bleu": None, "ema": 0.0}  # raw weights
             atomic_save(make_checkpoint(self.reverse, self.cfg.model_kind, self.spm_bytes, meta),
                         self.out / name.replace(".pt", ".reverse.pt"))
 

@@ -19,11 +19,8 @@ from torch import Tensor
 
 from nmt.models import reorder
 from nmt.multisource import num_sources
-from nmt.search import Hypothesis, max_lengths
+from nmt.search import NEVER_OUTPUT, Hypothesis, max_lengths
 from nmt.vocab import BOS_ID, EOS_ID
-
-_MASK64 = (1 << 64) - 1
-
 
 def _signed(c: int) -> int:
     """A 64-bit constant as the int64 with the same bits."""
@@ -39,8 +36,9 @@ def _shr(z: Tensor, s: int) -> Tensor:
 
 
 def splitmix64(x: Tensor) -> Tensor:
-    """Steele et al.'s splitmix64 finaliser on int64 tensors (wrapping arithmetic): a bijective
-    mix whose outputs pass BigCrush as a counter-based generator."""
+    """Steele et al.'s splitmix64 step on int64 tensors (wrapping arithmetic): add the golden
+    gamma, then the bijective finaliser. Here it hashes counters (Salmon et al. 2011's
+    counter-based idea); its statistics are checked by tests/test_sampling.py, not by BigCrush."""
     z = x + _GOLDEN
     z = (z ^ _shr(z, 30)) * _M1
     z = (z ^ _shr(z, 27)) * _M2
@@ -67,6 +65,7 @@ def filter_log_probs(log_probs: Tensor, topk: int = 0, topp: float = 0.0, temper
     whose tempered probability reaches ``topp``; 0 = no cut) set to -inf. Unnormalised: the
     Gumbel-max draw needs no normalisation."""
     x = log_probs.float() / temperature
+    x[:, NEVER_OUTPUT] = float("-inf")  # PAD and BOS are never output (as in beam search)
     if topk and topk < x.shape[-1]:
         kth = x.topk(topk, -1).values[:, -1:]  # (R, 1)
         x = x.masked_fill(x < kth, float("-inf"))
@@ -91,8 +90,7 @@ def sample_search(model, src: Tensor, lines: Tensor, n: int = 1, temperature: fl
     b, dev = src.shape[0], src.device
     rows = torch.arange(b * n, device=dev)
     sent, draw = rows // n, rows % n  # each row's sentence and draw
-    src = src.repeat_interleave(n, 0)  # (R, S)
-    enc = model.encode(src)
+    enc = {k: v.repeat_interleave(n, 0) for k, v in model.encode(src).items()}  # encoded once, rows (R, ...)
     limit = max_lengths(enc["src_mask"], max_len_a, max_len_b, num_sources(model))  # (R,)
     real = enc["src_mask"].cpu() if need_attention else None
     state = model.init_state(enc)
@@ -108,6 +106,8 @@ def sample_search(model, src: Tensor, lines: Tensor, n: int = 1, temperature: fl
         x = filter_log_probs(logp, topk, topp, temperature)
         gumbel = -torch.log(-torch.log(counter_uniform(step_keys(seed, row_lines[live], draw[live], step), x.shape[-1])))
         tokens = (x.double() + gumbel).argmax(-1)  # (R',)
+        if not torch.isfinite(x).any(-1).all():  # a row with nothing left to draw: its most probable token
+            tokens = torch.where(torch.isfinite(x).any(-1), tokens, logp.argmax(-1))
         tokens = torch.where(history.shape[1] + 1 >= limit[live], torch.full_like(tokens, EOS_ID), tokens)
         scores = scores + logp.float().gather(1, tokens[:, None]).squeeze(1)
         history = torch.cat([history, tokens[:, None]], 1)

@@ -21,6 +21,8 @@ from nmt.models import reorder, reorder_beams
 from nmt.multisource import num_sources
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
+NEVER_OUTPUT = [PAD_ID, BOS_ID]  # tokens a search never emits (a model may give them a little mass: label smoothing)
+
 
 @dataclass
 class Hypothesis:
@@ -122,6 +124,7 @@ def beam_search(
 
     for t in range(int(limit.max())):
         logp, state, attn = model.step(tokens, state, need_attention or beta > 0)
+        logp[:, NEVER_OUTPUT] = float("-inf")  # (rows, V): PAD and BOS are never an output token
         kk = scores.shape[1]  # beams per sentence in the state: 1 at the first step, then k
         logp = logp.view(n, kk, -1)  # (n, kk, V)
         at_limit = t + 1 >= limit[ids]  # (n,)

@@ -189,7 +189,7 @@ def search_in_halves(search: Callable[[list], list], seqs: list,
         return search(seqs)
     except torch.OutOfMemoryError:
         if len(seqs) == 1:
-            raise NmtError("out of memory on a single sentence; try --device cpu or a smaller --beam") from None
+            raise NmtError("out of memory on a single sentence; try --device cpu, or a smaller --beam (--n-best with --sample)") from None
     warn()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -138,6 +138,12 @@ def test_nmt_average_cli_and_its_refusals(trained_small, tmp_path):
         r = CliRunner().invoke(app, ["average", str(best), str(bad), "-o", str(tmp_path / "bad.pt")])
         assert r.exit_code == 1 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.output
         assert not (tmp_path / "bad.pt").exists()
+    r = CliRunner().invoke(app, ["average", str(best), str(best), "-o", str(tmp_path / "bad.pt")])
+    assert r.exit_code == 1 and "given twice" in r.stderr and not (tmp_path / "bad.pt").exists()
+    # another dropout (a resume may change it) averages
+    atomic_save(dict(la, model_config={**la["model_config"], "dropout": 0.3}), tmp_path / "dropout.pt")
+    r = CliRunner().invoke(app, ["average", str(best), str(tmp_path / "dropout.pt"), "-o", str(tmp_path / "d.pt")])
+    assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["average", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "bad.pt")])
     assert r.exit_code == 2 and "does not exist" in r.stderr
     with pytest.raises(NmtError, match="no checkpoints to average"):
@@ -149,3 +155,11 @@ def test_ema_must_be_below_one(prepared_small):
         load_config(None, [f'data.dir="{prepared_small}"', "train.ema=1.0"])
     with pytest.raises(NmtError, match="train.keep_checkpoints must be >= 0"):
         load_config(None, [f'data.dir="{prepared_small}"', "train.keep_checkpoints=-1"])
+
+
+def test_the_reverse_model_of_agreement_is_saved_raw(prepared_small, tmp_path):
+    run(prepared_small, tmp_path / "a", ["train.max_steps=2", "train.ema=0.9", "train.agreement=0.5"])
+    reverse = load_checkpoint(tmp_path / "a" / "last.reverse.pt")
+    assert reverse["meta"]["ema"] == 0.0 and reverse["meta"]["direction"] == "reverse"
+    info = CliRunner().invoke(app, ["info", str(tmp_path / "a" / "last.reverse.pt")])
+    assert "moving average" not in info.stdout

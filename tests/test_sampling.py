@@ -35,16 +35,18 @@ def test_counter_uniform_is_uniform_and_a_pure_function_of_its_keys():
 
 
 def test_topk_and_nucleus_cuts():
-    lp = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = lambda x: (x > float("-inf")).squeeze(0).tolist()  # noqa: E731
+    # tokens 4..7 (0..3 are PAD UNK BOS EOS, with no mass here)
+    lp = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.5, 0.3, 0.15, 0.05]]).clamp_min(1e-30).log()
+    kept = lambda x: (x > float("-inf")).squeeze(0).tolist()[4:]  # noqa: E731
     assert kept(filter_log_probs(lp, topk=2)) == [True, True, False, False]
     assert kept(filter_log_probs(lp, topp=0.7)) == [True, True, False, False]  # 0.5 < 0.7 <= 0.8
     assert kept(filter_log_probs(lp, topp=0.5)) == [True, False, False, False]
     assert kept(filter_log_probs(lp, topp=0.95)) == [True, True, True, False]
     assert kept(filter_log_probs(lp)) == [True] * 4
-    shuffled = lp[:, [2, 0, 3, 1]]  # the nucleus follows the probabilities, not the positions
+    assert (filter_log_probs(lp)[0, :4] > float("-inf")).tolist() == [False, True, False, True]  # PAD, BOS never
+    shuffled = lp[:, [0, 1, 2, 3, 6, 4, 7, 5]]  # the nucleus follows the probabilities, not the positions
     assert kept(filter_log_probs(shuffled, topp=0.7)) == [False, True, False, True]
-    torch.testing.assert_close(filter_log_probs(lp, temperature=0.5), lp * 2)
+    torch.testing.assert_close(filter_log_probs(lp, temperature=0.5)[:, 3:], lp[:, 3:] * 2)
 
 
 def test_draws_follow_the_models_distribution():
@@ -102,6 +104,23 @@ def test_translate_sample_cli(trained_small):
     assert len(three) == 13 and all(line.count("\t") == 5 for line in three[:-1])
     for args, message in ((["--sample", "--beam", "3"], "--beam is a beam-search option, which --sample does not use"),
                           (["--seed", "3"], "--seed only applies with --sample"),
-                          (["--sample", "--temperature", "0"], "--temperature must be > 0")):
+                          (["--sample", "--temperature", "0"], "--temperature must be a finite number > 0"),
+                          (["--sample", "--temperature", "nan"], "--temperature must be a finite number > 0")):
         r = CliRunner().invoke(app, ["translate", "-m", model, *args], input=text)
         assert r.exit_code == 1 and message in r.stderr and r.stdout == "", r.output
+
+
+def test_a_seed_out_of_range_is_refused_before_any_output_is_touched(trained_small, tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("keep\n")
+    r = CliRunner().invoke(app, ["translate", "-m", str(trained_small / "best.pt"), "-o", str(out), "--sample",
+                                 "--seed", str(2**63)], input="ein Hund\n")
+    assert r.exit_code == 2 and "--seed" in r.stderr and out.read_text() == "keep\n"
+
+
+def test_pad_and_bos_are_never_drawn():
+    probs = torch.full((6, 6), 0.0)
+    probs[:, 0], probs[:, 2], probs[:, 3] = 0.45, 0.45, 0.1  # PAD and BOS would win nearly every draw
+    hyps = sample_search(BigramModel(probs), torch.tensor([[7, 3]]).repeat(200, 1), torch.arange(200),
+                         max_len_a=0, max_len_b=3)
+    assert all(h[0].tokens == [] for h in hyps)  # EOS, the only token left, at once

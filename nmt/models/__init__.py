@@ -17,7 +17,8 @@ Every model implements the same four methods, so one search and one training loo
 ``step(tokens, state, need_attention=False) -> (log_probs, state, attention)``
     One target token per sentence, tokens ``(B,)``. Returns log-probabilities ``(B, V)``, the new
     state, and, when asked, the encoder-decoder attention of this step ``(B, L, H, S)`` (layers x
-    heads x source positions; an LSTM has L = 1). ``step`` takes the state it is given over: it may
+    heads x source positions; an LSTM has L = 1). The log-probabilities are the caller's (the
+    search edits them in place; a model must not keep them). ``step`` takes the state it is given over: it may
     remove entries from that dict (the Transformer pops each layer's self-attention cache, so the
     old cache is freed while the grown one is built instead of both living to the end of the
     step), but never changes a tensor in place; a caller that needs the old state again passes
