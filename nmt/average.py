@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import load_checkpoints
 from nmt.config import model_differences
 from nmt.errors import NmtError
 
@@ -63,12 +63,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
     the file and the difference."""
     if not paths:
         raise NmtError("no checkpoints to average")
-    seen: dict[Path, Path] = {}
-    for p in paths:
-        if (key := Path(p).resolve()) in seen:
-            raise NmtError(f"{p}: given twice (as {seen[key]}); each checkpoint counts once in the mean")
-        seen[key] = p
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = load_checkpoints(paths, "each checkpoint counts once in the mean")
     for path, ckpt in zip(paths[1:], ckpts[1:]):
         if (why := _mismatch(ckpts[0], ckpt)) is not None:
             raise NmtError(f"{path}: cannot be averaged with {paths[0]}: {why}")

@@ -77,6 +77,17 @@ def make_checkpoint(model, kind: str, spm_bytes: bytes, meta: dict, training: di
     return ckpt
 
 
+def load_checkpoints(paths: list[Path], why: str) -> list[dict]:
+    """:func:`load_checkpoint` for each of ``paths``; a file given twice (the same file after
+    resolving links and ``..``) is a one-line error ending in ``why`` (why each counts once)."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if (key := Path(p).resolve()) in seen:
+            raise NmtError(f"{p}: given twice (as {seen[key]}); {why}")
+        seen[key] = p
+    return [load_checkpoint(p) for p in paths]
+
+
 def load_checkpoint(path: Path, mmap: bool = True) -> dict:
     """Read and validate a checkpoint; every failure is a one-line :class:`NmtError`.
 

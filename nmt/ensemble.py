@@ -97,14 +97,9 @@ def load_models(paths: list[Path]) -> tuple[nn.Module, object, list[dict]]:
     """Load one checkpoint (its model) or several (an :class:`Ensemble`). Returns
     ``(model, vocab, checkpoints)``; a file given twice, or checkpoints that cannot be ensembled
     with the first, are a one-line error naming the file and the difference."""
-    from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt.checkpoint import load_checkpoints, model_from_checkpoint
 
-    seen: dict[Path, Path] = {}
-    for p in paths:
-        if (key := Path(p).resolve()) in seen:
-            raise NmtError(f"-m {p}: given twice (as {seen[key]}); each model of an ensemble counts once")
-        seen[key] = p
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = load_checkpoints(paths, "each model of an ensemble counts once")
     first = ckpts[0]
     for path, ckpt in zip(paths[1:], ckpts[1:]):
         if not torch.equal(ckpt["spm_model"], first["spm_model"]):
