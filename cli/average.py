@@ -17,7 +17,8 @@ def average(
     """Average the weights of checkpoints of one model into one checkpoint (no training state).
 
     Keep a run's last validations with `--set train.keep_checkpoints=N`, then average them; the
-    result translates like best.pt, often a little better (Vaswani et al. 2017).
+    result translates like best.pt. At the end of a long run it is often a little better (Vaswani
+    et al. 2017); averaged while a run still improves fast, it is worse (docs/performance.md).
 
     \b
         nmt average runs/de-en/step-*.pt -o runs/de-en/average.pt

@@ -59,7 +59,8 @@ def translate(
                                                                       "of tokens holding this probability (0 = all).")] = 0.0,
     temperature: Annotated[float, typer.Option(help="With --sample: divides the log-probabilities (< 1 sharper, "
                                                     "> 1 flatter; > 0).")] = 1.0,
-    seed: Annotated[int, typer.Option(min=-(2**63), max=2**63 - 1, help="With --sample: the seed; with a line's number it decides the line's "
+    seed: Annotated[int, typer.Option(min=-(2**63), max=2**63 - 1,
+                                      help="With --sample: the seed; with a line's number it decides the line's "
                                            "samples, whatever the batching.")] = 0,
 ) -> None:
     """Translate text, one output line per input line, in order (stdin -> stdout by default).
@@ -168,9 +169,9 @@ def _check_paths(models: list[Path], input: Path | None, output: Path | None, st
     for option, path in (("--attention-stats", stats), ("--attention", pictures)):
         if path is not None and str(path) == "-":
             raise NmtError(f"{option} -: give a file or folder name (standard output holds the translations)")
-    _check_distinct({**{f"--model {m}": m for m in models}, "--input": input}, {"--output": output, "--attention-stats": stats,
-                                                          "--alignments": None if alignments in (None, "-")
-                                                          else Path(alignments)})
+    _check_distinct({**{f"--model {m}": m for m in models}, "--input": input},
+                    {"--output": output, "--attention-stats": stats,
+                     "--alignments": None if alignments in (None, "-") else Path(alignments)})
 
 
 def _check_distinct(inputs: dict, outputs: dict) -> None:

@@ -39,8 +39,8 @@ def _mismatch(first: dict, other: dict) -> str | None:
 
 def average_weights(weights: list[dict]) -> dict:
     """The element-wise mean of N state dicts with the same keys and shapes, in float64 and cast
-    back to each tensor's dtype; non-float tensors are the last dict's. Keys whose tensors share
-storage in the last dict (tied embeddings) share the result."""
+        back to each tensor's dtype; non-float tensors are the last dict's. Keys whose tensors share
+    storage in the last dict (tied embeddings) share the result."""
     out, done = {}, {}  # tensors that share storage (tied embeddings) stay shared
     for key, last in weights[-1].items():
         where = (last.untyped_storage().data_ptr(), last.storage_offset(), tuple(last.shape), last.stride())
