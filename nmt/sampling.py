@@ -6,10 +6,11 @@ et al. 2018); OpenNMT-py (``-random_sampling_topk/topp/temp``), fairseq (``--sam
 Marian (``--output-sampling``) offer the same.
 
 The draws are reproducible line by line: the random numbers come from a counter-based generator
-(splitmix64 over ``(seed, line number, draw, step, token)``) instead of a stateful one, so a
+(splitmix64 over ``(seed, line number, draw, step)``, one number per row and step) instead of a stateful one, so a
 line's samples depend only on the seed, its number in the input, and the model, never on its
-batch, the number of search threads or how the input arrived in chunks. A token is drawn by the
-Gumbel-max trick: ``argmax(log p' + G)`` with ``G = -log(-log(U))`` is a draw from ``p'``.
+batch, the number of search threads or how the input arrived in chunks. A token is drawn by
+inverting the cumulative distribution with one uniform number per row: the first token whose
+cumulative probability exceeds ``U`` (a token of probability 0 is never drawn).
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def step_keys(seed: int, lines: Tensor, draws: Tensor, step: int) -> Tensor:
 def filter_log_probs(log_probs: Tensor, topk: int = 0, topp: float = 0.0, temperature: float = 1.0) -> Tensor:
     """``log_probs (R, V)`` divided by ``temperature``, then everything outside the ``topk`` most
     probable tokens (0 = no cut) and outside the nucleus (the smallest set of most probable tokens
-    whose tempered probability reaches ``topp``; 0 = no cut) set to -inf. Unnormalised: the
-    Gumbel-max draw needs no normalisation."""
+    whose tempered probability reaches ``topp``; 0 = no cut) set to -inf. Unnormalised
+    (:func:`draw` normalises)."""
     x = log_probs.float() / temperature
     x[:, NEVER_OUTPUT] = float("-inf")  # PAD and BOS are never output (as in beam search)
     if topk and topk < x.shape[-1]:
@@ -78,6 +79,19 @@ def filter_log_probs(log_probs: Tensor, topk: int = 0, topp: float = 0.0, temper
     return x
 
 
+def draw(x: Tensor, u: Tensor) -> Tensor:
+    """One token per row of the unnormalised log-probabilities ``x (R, V)`` (-inf = excluded) for
+    the uniform numbers ``u (R,)`` in [0, 1): the first token whose cumulative probability exceeds
+    ``u``. A row with nothing left (all -inf) gets its largest entry's index."""
+    p = torch.softmax(x.double(), -1)  # (R, V); NaN for an all -inf row
+    cdf = p.cumsum(-1)
+    total = cdf[:, -1:]  # (R, 1): 1 up to rounding
+    target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=x.shape[-1] - 1)
+    nothing = ~torch.isfinite(x).any(-1)
+    return torch.where(nothing, x.argmax(-1), tokens)
+
+
 @torch.inference_mode()
 def sample_search(model, src: Tensor, lines: Tensor, n: int = 1, temperature: float = 1.0, topk: int = 0,
                   topp: float = 0.0, seed: int = 0, max_len_a: float = 1.5, max_len_b: int = 10,
@@ -89,7 +103,7 @@ def sample_search(model, src: Tensor, lines: Tensor, n: int = 1, temperature: fl
     sorted by it, best first."""
     b, dev = src.shape[0], src.device
     rows = torch.arange(b * n, device=dev)
-    sent, draw = rows // n, rows % n  # each row's sentence and draw
+    sent, draws = rows // n, rows % n  # each row's sentence and draw
     enc = {k: v.repeat_interleave(n, 0) for k, v in model.encode(src).items()}  # encoded once, rows (R, ...)
     limit = max_lengths(enc["src_mask"], max_len_a, max_len_b, num_sources(model))  # (R,)
     real = enc["src_mask"].cpu() if need_attention else None
@@ -104,10 +118,8 @@ def sample_search(model, src: Tensor, lines: Tensor, n: int = 1, temperature: fl
     for step in range(int(limit.max())):
         logp, state, attn = model.step(tokens, state, need_attention=need_attention)  # (R', V)
         x = filter_log_probs(logp, topk, topp, temperature)
-        gumbel = -torch.log(-torch.log(counter_uniform(step_keys(seed, row_lines[live], draw[live], step), x.shape[-1])))
-        tokens = (x.double() + gumbel).argmax(-1)  # (R',)
-        if not torch.isfinite(x).any(-1).all():  # a row with nothing left to draw: its most probable token
-            tokens = torch.where(torch.isfinite(x).any(-1), tokens, logp.argmax(-1))
+        u = counter_uniform(step_keys(seed, row_lines[live], draws[live], step), 1).squeeze(1)  # (R',)
+        tokens = draw(x, u)  # (R',)
         tokens = torch.where(history.shape[1] + 1 >= limit[live], torch.full_like(tokens, EOS_ID), tokens)
         scores = scores + logp.float().gather(1, tokens[:, None]).squeeze(1)
         history = torch.cat([history, tokens[:, None]], 1)

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import random_batch, tiny_transformer
-from nmt.sampling import counter_uniform, filter_log_probs, sample_search, splitmix64, step_keys
+from nmt.sampling import counter_uniform, draw, filter_log_probs, sample_search, splitmix64, step_keys
 from nmt.search import greedy_search
 from nmt_cli.main import app
 from test_search import SCRIPT, BigramModel
@@ -124,3 +124,13 @@ def test_pad_and_bos_are_never_drawn():
     hyps = sample_search(BigramModel(probs), torch.tensor([[7, 3]]).repeat(200, 1), torch.arange(200),
                          max_len_a=0, max_len_b=3)
     assert all(h[0].tokens == [] for h in hyps)  # EOS, the only token left, at once
+
+
+def test_draw_inverts_the_cumulative_distribution():
+    x = torch.tensor([[0.2, 0.0, 0.5, 0.3]]).clamp_min(1e-300).log().double()
+    x[0, 1] = float("-inf")  # probability 0: never drawn, even at its boundary
+    cases = {0.0: 0, 0.1999: 0, 0.2001: 2, 0.6999: 2, 0.7001: 3, 0.9999999: 3}
+    for u, token in cases.items():
+        assert int(draw(x, torch.tensor([u], dtype=torch.float64))) == token, u
+    nothing = torch.full((1, 4), float("-inf"))
+    assert int(draw(nothing, torch.tensor([0.5]))) == 0  # a row with nothing left: no crash, a token
