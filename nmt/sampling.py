@@ -46,11 +46,10 @@ def splitmix64(x: Tensor) -> Tensor:
     return z ^ _shr(z, 31)
 
 
-def counter_uniform(keys: Tensor, width: int) -> Tensor:
-    """Uniform numbers in (0, 1), ``(R, width)`` float64, a pure function of the int64 ``keys (R,)``
-    and the column: ``splitmix64(splitmix64(key) + column)``, top 53 bits."""
-    z = splitmix64(splitmix64(keys)[:, None] + torch.arange(width, device=keys.device))
-    return (_shr(z, 11).double() + 0.5) * 2.0 ** -53
+def counter_uniform(keys: Tensor) -> Tensor:
+    """One uniform number in (0, 1) per int64 key, float64, a pure function of it:
+    ``splitmix64(key)``, top 53 bits. ``(R,)`` -> ``(R,)``."""
+    return (_shr(splitmix64(keys), 11).double() + 0.5) * 2.0 ** -53
 
 
 def step_keys(seed: int, lines: Tensor, draws: Tensor, step: int) -> Tensor:
@@ -118,7 +117,7 @@ def sample_search(model, src: Tensor, lines: Tensor, n: int = 1, temperature: fl
     for step in range(int(limit.max())):
         logp, state, attn = model.step(tokens, state, need_attention=need_attention)  # (R', V)
         x = filter_log_probs(logp, topk, topp, temperature)
-        u = counter_uniform(step_keys(seed, row_lines[live], draws[live], step), 1).squeeze(1)  # (R',)
+        u = counter_uniform(step_keys(seed, row_lines[live], draws[live], step))  # (R',)
         tokens = draw(x, u)  # (R',)
         tokens = torch.where(history.shape[1] + 1 >= limit[live], torch.full_like(tokens, EOS_ID), tokens)
         scores = scores + logp.float().gather(1, tokens[:, None]).squeeze(1)
