@@ -107,7 +107,7 @@ def export_pieces(data: Path, work: Path) -> None:
     sp = spm.SentencePieceProcessor(model_file=str(data / "spm.model"))
     for split in ("train", "valid"):
         ids = ParallelIds.load(data / f"{split}.ids.pt")
-        for side, name in ((ids.src, "src"), (ids.tgt, "tgt")):
+        for side, name in ((ids.srcs[0], "src"), (ids.tgt, "tgt")):
             off, flat = side["offsets"].tolist(), side["ids"].tolist()
             lines = (" ".join(sp.id_to_piece(i) for i in flat[a:b]) for a, b in zip(off[:-1], off[1:]))
             (work / f"{split}.{name}").write_text("\n".join(lines) + "\n")

@@ -16,10 +16,19 @@ checkpoint every 50 updates, and its snapshot is the last checkpoint written bef
 Both learning rates follow the same curve (linear warm-up to 1e-3 over 800 updates, then 1/sqrt).
 OpenNMT-py reads pre-cut pieces, ours raw text: its decoding times exclude SentencePiece, ours include it.
 
+``--concurrent`` trains ours and OpenNMT-py at the same time, each on its own CPU core with one
+thread (``taskset``, ``OMP_NUM_THREADS=1``; its data-loader processes share its core), so that
+``--minutes 20 60`` takes about 1 h 20 min instead of 2 h 10: each toolkit then has one core for its
+minutes, not the whole machine, so its updates and BLEU are those of a one-core budget (ours validates
+every 200 updates instead of 400 there); both see the same hour of the machine (its speed drifts by
+10-15% from hour to hour here). JoeyNMT then trains
+alone on one core. Decoding always runs on the whole machine, one process at a time.
+
 ``--joey VENV`` adds JoeyNMT 2.3.0 for the smallest mark only (same shape, pieces, batch tokens and
 learning-rate curve; its clock starts at its "EPOCH 1" line; it checkpoints only when it validates, so
 it validates greedily every 20 updates on 20 sentences, a few seconds each). Its decoding speed is that
-of its snapshot, compared with our last; it reads the pieces on stdin, like OpenNMT-py without SentencePiece.
+of its snapshot, compared with our last, timed on the decodings that give its BLEU (one run each: a
+beam-5 pass takes it over 3 minutes); it reads the pieces on stdin, like OpenNMT-py without SentencePiece.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,12 +72,25 @@ def bleu(hyps: list[str], ref: Path) -> float:
     return score(hyps, read_lines(ref))["bleu"]["score"]
 
 
-def train_ours(data: Path, work: Path, marks: list[float]) -> dict[float, Path]:
-    """Train ours for max(marks) minutes; copy best.pt at every earlier mark (by its own elapsed clock)."""
+def pinned(cmd: list[str], core: int | None) -> tuple[list[str], dict]:
+    """``cmd`` and its environment, run on CPU ``core`` alone with one intra-op thread (its child
+    processes inherit both); unchanged for ``None``, the whole machine."""
+    if core is None:
+        return cmd, dict(os.environ)
+    return ["taskset", "-c", str(core), *cmd], dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def train_ours(data: Path, work: Path, marks: list[float], core: int | None = None) -> dict[float, Path]:
+    """Train ours for max(marks) minutes; copy best.pt at every earlier mark (by its own elapsed clock).
+    On one ``core`` it validates every 200 updates instead of 400 (it makes half as many updates), so
+    that an early mark's best.pt is not the first validation's."""
     out = work / "ours"
     cmd = [sys.executable, "-m", "nmt_cli.main", "train", "-c", "configs/transformer.toml", "-o", str(out),
            "--set", f'data.dir="{data}"', "--set", f"train.max_minutes={max(marks)}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if core is not None:
+        cmd += ["--set", "train.threads=1", "--set", "train.valid_every=200"]
+    cmd, env = pinned(cmd, core)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     snaps, pending = {}, sorted(marks)[:-1]
     try:
         while proc.poll() is None:
@@ -87,19 +110,20 @@ def train_ours(data: Path, work: Path, marks: list[float]) -> dict[float, Path]:
     return snaps
 
 
-def train_onmt(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
+def train_onmt(venv: Path, work: Path, marks: list[float], core: int | None = None) -> dict[float, Path]:
     """Train OpenNMT-py; at each mark after its training loop starts, keep its last complete checkpoint."""
     cfg = onmt_config("transformer", work, 10**7, 3000)
     cfg.write_text(cfg.read_text() + ONMT_TTQ)
     if not (work / "vocab.txt").exists():
-        subprocess.run([str(venv / "bin/onmt_build_vocab"), "-config", str(cfg), "-n_sample", "-1"], check=True,
-                       capture_output=True)
+        cmd, env = pinned([str(venv / "bin/onmt_build_vocab"), "-config", str(cfg), "-n_sample", "-1"], core)
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
     return _train_until(
-        [str(venv / "bin/onmt_train"), "-config", str(cfg)], work / "onmt-train.log", "Start training loop",
-        "OpenNMT-py", marks, lambda mark: Path(shutil.copy(_last_complete(work), work / f"onmt-{mark}min.pt")))
+        pinned([str(venv / "bin/onmt_train"), "-config", str(cfg)], core), work / "onmt-train.log",
+        "Start training loop", "OpenNMT-py", marks,
+        lambda mark: Path(shutil.copy(_last_complete(work), work / f"onmt-{mark}min.pt")))
 
 
-def train_joey(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
+def train_joey(venv: Path, work: Path, marks: list[float], core: int | None = None) -> dict[float, Path]:
     """Train JoeyNMT 2.3.0 (same shape, pieces, batch tokens and learning-rate curve); at each mark
     after its training loop starts ("EPOCH 1"), keep its latest checkpoint. It checkpoints only when
     it validates, so it validates every 20 updates on 20 sentences (greedy) and keeps every checkpoint."""
@@ -120,7 +144,7 @@ def train_joey(venv: Path, work: Path, marks: list[float]) -> dict[float, Path]:
             time.sleep(0.5)
         raise RuntimeError("JoeyNMT wrote no checkpoint before the mark")
 
-    snaps = _train_until([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"],
+    snaps = _train_until(pinned([str(venv / "bin/python"), "-m", "joeynmt", "train", str(cfg), "--skip-test"], core),
                          work / "joey-train.log", "EPOCH 1", "JoeyNMT", marks, take)
     for ckpt in (work / "joey-ttq").glob("*.ckpt"):  # one 100 MB file per validation
         ckpt.unlink()
@@ -137,11 +161,15 @@ def _edit(text: str, *changes: tuple[str, str]) -> str:
     return text
 
 
-def _train_until(cmd: list[str], log: Path, start_line: str, name: str, marks: list[float], take) -> dict[float, Path]:
-    """Run a toolkit's training command (output copied to ``log``); its clock starts at the first line
-    containing ``start_line``. At each mark (minutes) keep ``take(mark)``, its snapshot; then kill its
-    process group (data-loader processes too). Raises if it stops early or does not start in 10 minutes."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _train_until(command: tuple[list[str], dict], log: Path, start_line: str, name: str, marks: list[float],
+                 take) -> dict[float, Path]:
+    """Run a toolkit's training ``(command, environment)`` (output copied to ``log``); its clock starts at
+    the first line containing ``start_line``. At each mark (minutes) keep ``take(mark)``, its snapshot;
+    then kill its process group (data-loader processes too). Raises if it stops early or does not start
+    in 10 minutes."""
+    cmd, env = command
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=env)
     started = threading.Event()
 
     def watch() -> None:
@@ -210,17 +238,21 @@ def decode_joey(venv: Path, model: Path, pieces: Path, beam: int, work: Path) ->
     return wall, [sp.decode_pieces(l.split()) for l in out.splitlines()], rss
 
 
-def evaluate(name: str, snaps: dict[float, Path], decode, ref: Path) -> list[dict]:
-    """test BLEU of every snapshot with beam 5 (and greedy for the last)."""
+def evaluate(name: str, snaps: dict[float, Path], decode, ref: Path, timed: bool = False) -> list[dict]:
+    """test BLEU of every snapshot with beam 5 (and greedy for the last); ``timed``: the last one's
+    whole-process sentences/s and peak RSS from those same decodings (one run each)."""
     rows = []
     n = len(ref.read_text().splitlines())
     for mark, ckpt in sorted(snaps.items()):
         row = {"toolkit": name, "minutes": mark}
         for beam in (5, 1) if mark == max(snaps) else (5,):
-            _, hyps, _ = decode(ckpt, beam)
+            wall, hyps, rss = decode(ckpt, beam)
             if len(hyps) != n:
                 raise RuntimeError(f"{name} wrote {len(hyps)} lines for {n} inputs")
-            row["bleu_beam5" if beam == 5 else "bleu_greedy"] = bleu(hyps, ref)
+            key = "beam5" if beam == 5 else "greedy"
+            row[f"bleu_{key}"] = bleu(hyps, ref)
+            if timed and mark == max(snaps):
+                row[f"{key}_sent_s"], row[f"{key}_rss_mb"] = n / wall, rss
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -261,6 +293,8 @@ def main() -> int:
     ap.add_argument("--reuse", type=Path, help="the work folder of an earlier run (give the same --minutes): decode its "
                                               "snapshots again, no training (JoeyNMT trains if its snapshot is missing)")
     ap.add_argument("--int8", action="store_true", help="also decode our last snapshot with --quantize int8")
+    ap.add_argument("--concurrent", action="store_true", help="train ours and OpenNMT-py at the same time, one CPU "
+                                                              "core each (JoeyNMT after them, on one core)")
     ap.add_argument("--out", default="bench/results/time_to_quality.json")
     args = ap.parse_args()
     data = args.data.resolve()
@@ -279,20 +313,27 @@ def main() -> int:
         last = max(args.minutes)
         ours_snaps = {m: work / (f"ours-{m}min.pt" if m != last else "ours/best.pt") for m in args.minutes}
         onmt_snaps = {m: work / f"onmt-{m}min.pt" for m in args.minutes}
+    elif args.concurrent:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            ap.error("--concurrent needs two CPU cores")
+        with ThreadPoolExecutor(2) as pool:
+            ours_job = pool.submit(train_ours, data, work, args.minutes, cores[0])
+            onmt_job = pool.submit(train_onmt, args.onmt, work, args.minutes, cores[1])
+            ours_snaps, onmt_snaps = ours_job.result(), onmt_job.result()
     else:
         ours_snaps = train_ours(data, work, args.minutes)
         onmt_snaps = train_onmt(args.onmt, work, args.minutes)
     dec_ours = lambda m, b: decode_ours(m, src, b)  # noqa: E731
     dec_onmt = lambda m, b: decode_onmt(args.onmt, m, pieces, b, work)  # noqa: E731
-    joey_rows, joey_run = [], []
+    joey_rows = []
     if args.joey:
         first = min(args.minutes)
         joey_snaps = {first: work / f"joey-{first}min.ckpt"}
         if not joey_snaps[first].exists():
-            joey_snaps = train_joey(args.joey, work, [first])
+            joey_snaps = train_joey(args.joey, work, [first], sorted(os.sched_getaffinity(0))[0] if args.concurrent else None)
         dec_joey = lambda m, b: decode_joey(args.joey, m, pieces, b, work)  # noqa: E731
-        joey_rows = evaluate("JoeyNMT 2.3.0", joey_snaps, dec_joey, ref)
-        joey_run = [(joey_rows[0], dec_joey, joey_snaps[first])]
+        joey_rows = evaluate("JoeyNMT 2.3.0", joey_snaps, dec_joey, ref, timed=True)
     ours, theirs = evaluate("nmt", ours_snaps, dec_ours, ref), evaluate("OpenNMT-py 3.5.1", onmt_snaps, dec_onmt, ref)
     last = max(args.minutes)
     runs = [(ours[-1], dec_ours, ours_snaps[last]), (theirs[-1], dec_onmt, onmt_snaps[last])]
@@ -301,7 +342,7 @@ def main() -> int:
         dec_int8 = lambda m, b: decode_ours(m, src, b, "int8")  # noqa: E731
         int8 = evaluate("nmt --quantize int8", {last: ours_snaps[last]}, dec_int8, ref)
         runs.insert(1, (int8[0], dec_int8, ours_snaps[last]))
-    decode_speed(runs + joey_run, len(ref.read_text().splitlines()), args.repeats)
+    decode_speed(runs, len(ref.read_text().splitlines()), args.repeats)
     cols = ["toolkit", "minutes", "bleu_beam5", "bleu_greedy", "beam5_sent_s", "greedy_sent_s", "beam5_rss_mb",
             "greedy_rss_mb"]
     rows = ours + int8 + theirs + joey_rows
@@ -312,7 +353,8 @@ def main() -> int:
     ratios = [ratio(a, b) for a, b in pairs]
     print(table(ratios, ["ours", "theirs", "minutes", "bleu_beam5_diff", "beam5_sent_s_ratio", "greedy_sent_s_ratio",
                          "beam5_rss_mb_ratio"]))
-    write_json(args.out, {"minutes": args.minutes, "rows": rows, "ratios": ratios, "work": str(work)})
+    write_json(args.out, {"minutes": args.minutes, "cores_per_toolkit": 1 if args.concurrent else len(os.sched_getaffinity(0)),
+                          "rows": rows, "ratios": ratios, "work": str(work)})
     return 0
 
 

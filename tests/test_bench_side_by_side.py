@@ -1,0 +1,35 @@
+"""The side-by-side benchmarks' own plumbing: the pieces the other toolkits train on, and pinning a
+training to one core (bench/side_by_side.py, bench/time_to_quality.py; the benchmarks themselves need
+the other toolkits and run outside the suite)."""
+
+import sys
+from pathlib import Path
+
+import sentencepiece as spm
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from side_by_side import export_pieces  # noqa: E402
+from time_to_quality import pinned  # noqa: E402
+
+
+def test_export_pieces_writes_the_ids_ours_trains_on(prepared_small, tmp_path):
+    from nmt.data import ParallelIds
+
+    export_pieces(prepared_small, tmp_path)
+    sp = spm.SentencePieceProcessor(model_file=str(prepared_small / "spm.model"))
+    for split in ("train", "valid"):
+        ids = ParallelIds.load(prepared_small / f"{split}.ids.pt")
+        for side, name in ((ids.srcs[0], "src"), (ids.tgt, "tgt")):
+            lines = (tmp_path / f"{split}.{name}").read_text().splitlines()
+            off = side["offsets"].tolist()
+            assert len(lines) == len(off) - 1 > 0
+            for i in (0, len(lines) - 1):
+                assert [sp.piece_to_id(p) for p in lines[i].split()] == side["ids"][off[i]:off[i + 1]].tolist()
+
+
+def test_pinned_runs_on_one_core_with_one_thread():
+    cmd, env = pinned(["python", "-c", "pass"], 1)
+    assert cmd[:3] == ["taskset", "-c", "1"] and cmd[3:] == ["python", "-c", "pass"]
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    cmd, env = pinned(["python"], None)
+    assert cmd == ["python"] and "taskset" not in cmd
