@@ -18,11 +18,11 @@ OpenNMT-py reads pre-cut pieces, ours raw text: its decoding times exclude Sente
 
 ``--concurrent`` trains ours and OpenNMT-py at the same time, each on its own CPU core with one
 thread (``taskset``, ``OMP_NUM_THREADS=1``; its data-loader processes share its core), so that
-``--minutes 20 60`` takes about 1 h 20 min instead of 2 h 10: each toolkit then has one core for its
-minutes, not the whole machine, so its updates and BLEU are those of a one-core budget (ours validates
-every 200 updates instead of 400 there); both see the same hour of the machine (its speed drifts by
-10-15% from hour to hour here). JoeyNMT then trains
-alone on one core. Decoding always runs on the whole machine, one process at a time.
+``--minutes 20 60`` takes about 65 minutes instead of 2 h 10 (89 with ``--joey``): each toolkit
+then has one core for its minutes, not the whole machine, so its updates and BLEU are those of a
+one-core budget (ours validates every 200 updates instead of 400 there); both see the same hour of
+the machine (its speed drifts by 10-15% from hour to hour here). JoeyNMT then trains alone on one
+core. Decoding always runs on the whole machine, one process at a time.
 
 ``--joey VENV`` adds JoeyNMT 2.3.0 for the smallest mark only (same shape, pieces, batch tokens and
 learning-rate curve; its clock starts at its "EPOCH 1" line; it checkpoints only when it validates, so

@@ -1,0 +1,49 @@
+"""The benchmark scripts run against the current library (tiny model, tiny corpus): an API change
+that breaks one fails here instead of in an hour-long benchmark run. Their figures are not checked,
+only that each runs, writes its JSON and agrees with itself (e.g. the CLI's lines equal the in-process ones)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_decode_benchmark(trained_small, prepared_small, tmp_path):
+    out = tmp_path / "decode.json"
+    bench("decode.py", "-m", str(trained_small / "best.pt"), "--src", str(prepared_small / "test.src"),
+          "--ref", str(prepared_small / "test.ref"), "--beams", "1", "2", "--out", str(out))
+    rows = json.loads(out.read_text())["results"]["rows"]
+    assert [r["beam"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["sentences"] == r["cli_same_lines"] == 40
+        assert r["pure_sent_s"] > 0 and r["whole_sent_s"] > 0 and r["peak_rss_mb"] > 0 and 0 <= r["bleu"] <= 100
+
+
+def test_quality_benchmark(trained_small, prepared_small, tmp_path):
+    out = tmp_path / "quality.json"
+    bench("quality.py", "-m", str(trained_small / "best.pt"), "--src", str(prepared_small / "test.src"),
+          "--ref", str(prepared_small / "test.ref"), "--beam", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["beam"] == 2 and 0 <= result["bleu"] <= 100
+    for rate in ("repetition", "under_translation", "copy_rate"):
+        assert 0 <= result[rate] <= 1
+
+
+def test_train_throughput_benchmark(prepared_small, tmp_path):
+    out = tmp_path / "train.json"
+    small = "model.d_model=32,model.heads=2,model.ff_size=64,model.encoder_layers=1,model.decoder_layers=1"
+    bench("train_throughput.py", "--data", str(prepared_small), "--models", "transformer", "--amp", "none",
+          "--warmup", "1", "--updates", "2", "--batch-tokens", "600", "--threads", "1", "--variant", small,
+          "--out", str(out))
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["updates"] == 2 and row["batch_tokens"] == 600 and row["threads"] == 1
+    assert row["tgt_tok_s"] > 0 and row["train_gflop_s"] > 0 and 0 < row["mfu"]
