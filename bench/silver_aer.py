@@ -9,7 +9,7 @@ their union. It stands in for eflomal, which is not among the dependencies, and 
 diagonal alignment alone scores an AER of about 0.37 against it, so read differences between runs,
 not absolute values. For each run, the teacher-forced attention on the test pairs (pieces merged to
 words, argmax per target word) is scored for head 0 of the last layer and for the mean over the heads
-of the last two layers; a run with ``last.reverse.pt`` (``train.agreement``) adds its reverse model
+of each of the last two layers (the last alone for an LSTM or a one-layer decoder); a run with ``last.reverse.pt`` (``train.agreement``) adds its reverse model
 and the intersection of the two directions.
 """
 
@@ -72,6 +72,18 @@ def silver(data: Path, raw: Path) -> list[tuple[set, set]]:
     return out
 
 
+def attention_layers(model, vocab) -> int:
+    """How many layers of attention ``model`` reports (an LSTM or a one-layer decoder: 1)."""
+    import torch
+
+    from nmt.vocab import BOS_ID, EOS_ID
+
+    with torch.inference_mode():
+        out = model.eval()(torch.tensor([vocab.encode(["a"])[0] + [EOS_ID]]), torch.tensor([[BOS_ID]]),
+                           need_attention=True)
+    return out.attention.shape[1]  # (B, L, H, T, S)
+
+
 def head_links(model, vocab, src: str, tgt: str, layer: int, head: int | None) -> set[tuple[int, int]] | None:
     """Argmax word links (source, target) of one head (None: the layer's mean), teacher-forced;
     None when SentencePiece's words are not the whitespace words."""
@@ -113,7 +125,8 @@ def main() -> int:
         forward, vocab = model_from_checkpoint(load_checkpoint(run / "last.pt"))
         reverse = (model_from_checkpoint(load_checkpoint(run / "last.reverse.pt"))[0]
                    if (run / "last.reverse.pt").exists() else None)
-        for layer, head in ((-1, 0), (-1, None), (-2, None)):
+        views = [(-1, 0), (-1, None)] + ([(-2, None)] if attention_layers(forward, vocab) > 1 else [])
+        for layer, head in views:
             scores = collections.defaultdict(list)
             for (s, t), gold in zip(pairs, links):
                 f = head_links(forward.eval(), vocab, s, t, layer, head)

@@ -47,3 +47,37 @@ def test_train_throughput_benchmark(prepared_small, tmp_path):
     (row,) = json.loads(out.read_text())["results"]
     assert row["updates"] == 2 and row["batch_tokens"] == 600 and row["threads"] == 1
     assert row["tgt_tok_s"] > 0 and row["train_gflop_s"] > 0 and 0 < row["mfu"]
+
+
+def test_loss_speed_benchmark(tmp_path):
+    out = tmp_path / "loss.json"
+    bench("loss_speed.py", "--rows", "64", "--vocab", "300", "--dim", "16", "--dtypes", "float32", "--repeats", "1",
+          "--out", str(out))
+    assert json.loads(out.read_text())["results"]
+
+
+def test_output_loss_ab_benchmark(prepared_small, tmp_path):
+    out = tmp_path / "ab.json"
+    proc = bench("output_loss_ab.py", "--model", "transformer", "--data", str(prepared_small), "--rounds", "2",
+                 "--updates", "1", "--out", str(out))
+    result = json.loads(out.read_text())["results"]
+    assert {k: len(v) for k, v in result["rounds"].items()} == {"chunked": 2, "logits": 2}
+    assert "median target tokens/s" in proc.stdout
+
+
+def test_ablation_benchmark(prepared_small, tmp_path):
+    """Two rows of the attention-family grid: a trained one and a decode-only one sharing its model."""
+    out = tmp_path / "family.json"
+    bench("ablation.py", "--data", str(prepared_small), "--grid", "family", "--only", "baseline", "coverage-penalty",
+          "--minutes", "0.05", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out))
+    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]["rows"]}
+    assert set(rows) == {"baseline", "coverage-penalty"}
+    assert rows["baseline"]["params"] == rows["coverage-penalty"]["params"] > 0  # one model, two searches
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["general-after-True-1"]
+
+
+def test_silver_aer_benchmark(trained_small, prepared_small, multi30k_small):
+    proc = bench("silver_aer.py", "--runs", str(trained_small), "--data", str(prepared_small),
+                 "--raw", str(multi30k_small["train.de"].parent))
+    assert "diagonal alignment AER" in proc.stdout
+    assert proc.stdout.count("forward AER") == 2  # the last layer's head 0 and mean of heads (one layer only)
