@@ -30,7 +30,11 @@ def attention(
     from nmt.translate import SearchOptions, Translator
     from nmt.visualize import terminal_heatmap
 
+    from nmt.errors import NmtError
+
     with guard():
+        if not sentence.strip():
+            raise NmtError("the sentence is empty: give one to translate")
         ckpt = load_checkpoint(model)
         net, vocab = model_from_checkpoint(ckpt)
         layer, heads = default_heads(ckpt, layer, heads)

@@ -25,8 +25,11 @@ def average(
     """
     from nmt.average import average_checkpoints
     from nmt.checkpoint import atomic_save
+    from nmt.errors import NmtError
 
     with guard():
+        if same := next((c for c in checkpoints if c.resolve() == out.resolve()), None):
+            raise NmtError(f"-o {out} is the same file as the input {same}; write the average to its own file")
         ckpt = average_checkpoints(checkpoints)
         atomic_save(ckpt, out)
         steps = [s for s in ckpt["meta"]["averaged_steps"] if s is not None]

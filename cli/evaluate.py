@@ -50,8 +50,11 @@ def evaluate(
         if hyp is not None:
             if docs is not None:
                 search["--docs"] = docs
+            if src is not None:
+                search["--src"] = src
             if given := [option for option, value in search.items() if value is not None]:
-                raise NmtError(f"{', '.join(given)} only apply with --model (--hyp is scored as it is)")
+                raise NmtError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --model "
+                               "(--hyp is scored as it is)")
             hyps = read_lines(hyp)
         else:
             if src is None:

@@ -29,7 +29,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (bes
             f"model:          {ckpt['kind']}, {params:,} parameters",
             f"vocabulary:     {len(Vocab(ckpt['spm_model'].numpy().tobytes()))} SentencePiece pieces",
             f"step:           {meta.get('step')} (epoch {meta.get('update_epoch', _one_based(meta.get('epoch')))})",
-            f"valid BLEU:     {meta.get('valid_bleu')} (best {meta.get('best_valid_bleu')})",
+            f"valid BLEU:     {_bleu(meta)}",
             f"training state: {'yes (resumable)' if 'training' in ckpt else 'no'}",
             "model config:   " + json.dumps(ckpt["model_config"]),
         ]
@@ -50,3 +50,13 @@ def _one_based(epoch):
     """Checkpoints before ``update_epoch`` keep only the 0-based index of the epoch being read;
     progress and metrics.jsonl count from 1."""
     return epoch + 1 if isinstance(epoch, int) else epoch
+
+
+def _bleu(meta: dict) -> str:
+    """This checkpoint's valid BLEU and the run's best so far; "none" where there is none (an
+    average, a run without valid data: training keeps -1 before its first validation)."""
+    now, best = meta.get("valid_bleu"), meta.get("best_valid_bleu")
+    best = best if isinstance(best, (int, float)) and best >= 0 else None
+    if now is None:
+        return "none (not validated)" + (f"; the run's best: {best}" if best is not None else "")
+    return f"{now}" + (f" (best {best})" if best is not None else "")

@@ -7,9 +7,24 @@ import typer
 
 from nmt_cli.common import err, guard
 
-FileIn = Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True)]
-SourcesIn = Annotated[Optional[list[Path]], typer.Option(
-    exists=True, dir_okay=False, readable=True, help="Source file; give it once per source for a multi-source corpus.")]
+
+
+def sources_in(split: str):
+    """The type of a split's ``--SPLIT-src`` option (repeatable: one file per source)."""
+    return Annotated[Optional[list[Path]], typer.Option(
+        exists=True, dir_okay=False, readable=True, metavar="FILE",
+        help=f"{split} source file; give it once per source for a multi-source corpus.")]
+
+
+def target_in(split: str):
+    """The type of a split's ``--SPLIT-tgt`` option."""
+    return Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True, metavar="FILE",
+                                                  help=f"{split} target file.")]
+
+
+TrainSrc, TrainTgt = sources_in("Training"), target_in("Training")
+ValidSrc, ValidTgt = sources_in("Validation (optional)"), target_in("Validation")
+TestSrc, TestTgt = sources_in("Test (optional)"), target_in("Test")
 
 
 def prepare(
@@ -18,12 +33,12 @@ def prepare(
     src_lang: Annotated[Optional[list[str]], typer.Option(
         help="Source language code (with --corpus), e.g. de; repeat it for several sources (--src-lang de --src-lang fr).")] = None,
     tgt_lang: Annotated[Optional[str], typer.Option(help="Target language code (with --corpus), e.g. en.")] = None,
-    train_src: SourcesIn = None,
-    train_tgt: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True, help="Training target file.")] = None,
-    valid_src: SourcesIn = None,
-    valid_tgt: FileIn = None,
-    test_src: SourcesIn = None,
-    test_tgt: FileIn = None,
+    train_src: TrainSrc = None,
+    train_tgt: TrainTgt = None,
+    valid_src: ValidSrc = None,
+    valid_tgt: ValidTgt = None,
+    test_src: TestSrc = None,
+    test_tgt: TestTgt = None,
     vocab_size: Annotated[int, typer.Option(min=16, help="Joint SentencePiece vocabulary size.")] = 8000,
     model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram or bpe.")] = "unigram",
     max_words: Annotated[int, typer.Option(min=1, help="Drop training pairs with more words on a side.")] = 100,

@@ -19,10 +19,12 @@ def quickstart(
 
         NMT_DATA_HOME=../shared/data nmt quickstart --minutes 10
 
-    Uses $NMT_DATA_HOME/multi30k when set (no network), else downloads Multi30k (~2 MB).
+    Uses $NMT_DATA_HOME/multi30k when set (no network), else downloads Multi30k (~2 MB). Run again,
+    it reuses OUT/data and trains OUT/run from scratch.
     """
     from nmt.config import load_config
     from nmt.corpora import check_languages, corpus_file
+    from nmt.errors import NmtError
     from nmt.evaluate import score
     from nmt.prepare import prepare, read_lines
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
@@ -31,6 +33,8 @@ def quickstart(
 
     with guard():
         data, run = out / "data", out / "run"
+        if src_lang == tgt_lang:
+            raise NmtError(f"--src-lang and --tgt-lang are both {src_lang!r}; give two languages of multi30k")
         check_languages("multi30k", src_lang, tgt_lang)  # before anything is downloaded
         pair = lambda split: (corpus_file("multi30k", split, src_lang), corpus_file("multi30k", split, tgt_lang))
         if _prepared_langs(data) != [src_lang, tgt_lang]:  # none yet, another pair, or an interrupted prepare

@@ -18,6 +18,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt (model, optimizer, schedule, RNG, data "
                                               "position); without -c, with the run's own OUT/config.json.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (overrides train.device).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start a new run in OUT even though it holds one (its checkpoints, "
+                                                 "snapshots and metrics are deleted first).")] = False,
 ) -> None:
     """Train a model on a prepared folder; writes best.pt (by valid BLEU) and last.pt.
 
@@ -31,9 +33,17 @@ def train(
     """
     from nmt.config import load_config
     from nmt.errors import NmtError
+    from nmt.paths import check_out_folder
+    from nmt.run_files import earlier_run
     from nmt.train import train as run
 
     with guard():
+        check_out_folder(out, "-o")
+        if resume and overwrite:
+            raise NmtError("--resume continues the run in OUT, --overwrite replaces it: give one")
+        if not resume and not overwrite and (files := earlier_run(out)):
+            raise NmtError(f"-o {out}: holds a run already ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
+                           "continue it with --resume, or start over with --overwrite")
         overrides = list(set_ or [])
         if data is not None:  # a JSON string is a valid TOML string: quotes and backslashes escaped
             overrides.append(f"data.dir={json.dumps(str(data), ensure_ascii=False)}")

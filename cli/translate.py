@@ -27,8 +27,8 @@ def translate(
                                                                     "[default: 5000 on a CPU, 50000 on a GPU].")] = None,
     length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha (0 = none).")] = 0.6,
     coverage_penalty: Annotated[float, typer.Option(help="GNMT coverage penalty beta (0 = off).")] = 0.0,
-    max_len_a: Annotated[float, typer.Option(help="Output length limit: a * source length + b.")] = 1.5,
-    max_len_b: Annotated[int, typer.Option(help="Output length limit: a * source length + b.")] = 10,
+    max_len_a: Annotated[float, typer.Option(min=0, help="Output length limit: a * source length + b.")] = 1.5,
+    max_len_b: Annotated[int, typer.Option(min=0, help="Output length limit: a * source length + b.")] = 10,
     n_best: Annotated[int, typer.Option(min=1, help="Print the n best: text<TAB>score, repeated, on one line.")] = 1,
     workers: Annotated[int, typer.Option(min=0, help="Batches searched at once, each on its own thread sharing the "
                                                      "CPU threads (0 = auto: 2 on a CPU with >= 2 threads; "
@@ -169,6 +169,10 @@ def _check_paths(models: list[Path], input: Path | None, output: Path | None, st
     for option, path in (("--attention-stats", stats), ("--attention", pictures)):
         if path is not None and str(path) == "-":
             raise NmtError(f"{option} -: give a file or folder name (standard output holds the translations)")
+    if pictures is not None:  # written at the end, after every translation: checked now
+        from nmt.paths import check_out_folder
+
+        check_out_folder(pictures, "--attention")
     _check_distinct({**{f"--model {m}": m for m in models}, "--input": input},
                     {"--output": output, "--attention-stats": stats,
                      "--alignments": None if alignments in (None, "-") else Path(alignments)})

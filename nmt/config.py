@@ -41,9 +41,9 @@ class TrainConfig:
     plateau_factor: float = 0.5  # plateau: multiply lr by this when valid BLEU stalls
     plateau_patience: int = 2  # plateau: validations without improvement before decaying
     min_lr: float = 1e-5  # schedules never go below this
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.98)  # Adam's (beta1, beta2), e.g. [0.9, 0.98]
+    weight_decay: float = 0.0  # Adam's L2 weight decay (0 = off)
+    label_smoothing: float = 0.1  # epsilon of label-smoothed cross-entropy (0 = plain cross-entropy)
     coverage_loss: float = 0.0  # lambda of See et al.'s coverage loss (0 = off; any model returning attention)
     guided_alignment: float = 0.0  # lambda of the supervised-attention loss (0 = off; needs nmt prepare --train-align)
     align_layer: int = -1  # which decoder layer's attention it supervises (-1 = last; an LSTM has one)

@@ -64,9 +64,10 @@ class ParallelIds:
         return (side["offsets"][1:] - side["offsets"][:-1]).clamp(max=MAX_TOKENS - 1) + 1
 
     @classmethod
-    def load(cls, path: Path, links: bool = False) -> "ParallelIds":
+    def load(cls, path: Path, links: bool = False, vocab_size: int = 0) -> "ParallelIds":
         """Read a split's ``*.ids.pt``; with ``links`` also its ``*.align.pt`` when there is one
-        (batches then carry the gold matrix, which only guided alignment needs)."""
+        (batches then carry the gold matrix, which only guided alignment needs). ``vocab_size`` > 0:
+        every id must be below it (else the folder mixes files of two preparations)."""
         if not Path(path).exists():
             raise NmtError(f"{path}: not found; run `nmt prepare` first (or fix data.dir)")
         packed = torch.load(path, weights_only=True)
@@ -75,6 +76,11 @@ class ParallelIds:
         if links is not None and len(links["offsets"]) != len(packed["src"]["offsets"]):
             raise NmtError(f"{align}: has links for {len(links['offsets']) - 1} pairs, not "
                            f"{len(packed['src']['offsets']) - 1}; run nmt prepare again")
+        top = max((int(side["ids"].max()) for side in (packed["src"], *packed.get("more_src", []), packed["tgt"])
+                   if side["ids"].numel()), default=-1)
+        if vocab_size and top >= vocab_size:
+            raise NmtError(f"{path}: has piece ids up to {top}, but spm.model has {vocab_size} pieces (files of two "
+                           "preparations); run nmt prepare again")
         return cls(packed, links)
 
     def __len__(self) -> int:

@@ -37,6 +37,7 @@ import torch
 from nmt.context import with_context
 from nmt.errors import NmtError
 from nmt.multisource import SEPARATOR
+from nmt.paths import check_out_folder, make_folder
 from nmt.vocab import Vocab, train_sentencepiece
 
 _SPACE = re.compile(r"\s+")
@@ -67,6 +68,8 @@ def read_lines(path: Path) -> list[str]:
     text = data.decode("utf-8", errors="replace")
     if text.startswith("\ufeff"):
         text = text[1:]
+    if not text:  # an empty file has no lines (not one empty line)
+        return []
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 
@@ -238,6 +241,7 @@ def prepare(
     file of each split given."""
     if options.model_type not in ("unigram", "bpe"):
         raise NmtError(f"unknown SentencePiece model type {options.model_type!r}; valid: unigram, bpe")
+    check_out_folder(out_dir, "-o")
     sources = len(train) - 1
     if sources < 1 or any(split is not None and len(split) != len(train) for split in (valid, test)):
         raise NmtError("every split needs the same source files and one target file")
@@ -247,6 +251,11 @@ def prepare(
     starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test}, len(src))
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
     src = with_context(src, starts.get("train"), context) if context else src
+    if not src:
+        raise NmtError(f"{train[0]}: the training file is empty")
+    split_lines = {name: read_sources(*pair) for name, pair in (("valid", valid), ("test", test)) if pair}
+    if empty := next((name for name, (s, _) in split_lines.items() if not s), None):
+        raise NmtError(f"{(valid if empty == 'valid' else test)[0]}: the {empty} file is empty")
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio, first_only=context > 0)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")
@@ -259,7 +268,7 @@ def prepare(
         model_bytes = train_sentencepiece(pieces_text + tgt, options.vocab_size, options.model_type, options.character_coverage)
     except ValueError as e:
         raise NmtError(f"{train[0]}: {e}; lower --vocab-size") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir, "-o")
     (out_dir / "prepare.json").unlink(missing_ok=True)  # written last: its presence marks a finished prepare
     (out_dir / "spm.model").write_bytes(model_bytes)
     vocab = Vocab(model_bytes)
@@ -277,9 +286,11 @@ def prepare(
             + (f" ({skipped} pairs get none: whitespace other than spaces/TABs, or words SentencePiece split "
                "differently)" if skipped else ""))
     for name, pair in (("valid", valid), ("test", test)):
-        if pair is None:
+        if pair is None:  # files of an earlier preparation of this folder would not match this one
+            for suffix in ("src", "ref", "ids.pt", "docs"):
+                (out_dir / f"{name}.{suffix}").unlink(missing_ok=True)
             continue
-        s, t = read_sources(*pair)
+        s, t = split_lines[name]
         (out_dir / f"{name}.src").write_text("".join(x + "\n" for x in s), encoding="utf-8")
         (out_dir / f"{name}.docs").unlink(missing_ok=True)
         if context:  # the text stays one sentence per line; its documents go beside it

@@ -17,8 +17,39 @@ from nmt.errors import NmtError
 from nmt.runtime import rng_state, set_rng_state
 
 
+RUN_FILES = ("best.pt", "last.pt", "best.reverse.pt", "last.reverse.pt", "metrics.jsonl")
+
+
+def earlier_run(out: Path) -> list[str]:
+    """The names of the files of a run already in folder ``out`` (checkpoints, step snapshots, metrics)."""
+    if not out.is_dir():
+        return []
+    return sorted(f.name for f in out.iterdir() if f.name in RUN_FILES or re.fullmatch(r"step-\d+\.pt", f.name))
+
+
 class RunFiles:
     """Checkpoint methods of :class:`nmt.train.Trainer` (which holds the state they read)."""
+
+    def _start_fresh(self) -> None:
+        """A new run (not ``--resume``): the files of an earlier run in the folder go first, so that
+        best.pt, metrics.jsonl and the step snapshots are this run's alone (``nmt train`` refuses such
+        a folder unless given ``--overwrite``)."""
+        if self.dist.is_main:
+            for name in earlier_run(self.out):
+                (self.out / name).unlink(missing_ok=True)
+
+    def _spent(self) -> str | None:
+        """The limit a resumed run has already reached (then it has nothing left to do), else None."""
+        tc = self.tc
+        if tc.max_steps and self.step >= tc.max_steps:
+            return "max_steps"
+        if tc.max_minutes and self.elapsed >= tc.max_minutes * 60:
+            return "max_minutes"
+        if tc.max_epochs and self.epoch >= tc.max_epochs:
+            return "max_epochs"
+        if tc.patience and self.bad_validations >= tc.patience:
+            return "early_stopping"
+        return None
 
     def _training_state(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch,
@@ -86,7 +117,8 @@ class RunFiles:
         dropouts, others = model_differences(saved, now)
         if others:
             raise NmtError(f"{path}: the config's model differs from the checkpoint's ({_differences(others, saved, now)})"
-                           f"; resume without -c to use the run's own {self.out / 'config.json'}")
+                           f"; a resumed run keeps its model: drop the -c or --set that changes it (the run's own "
+                           f"settings: {self.out / 'config.json'})")
         if bytes(ckpt["spm_model"].numpy()) != self.spm_bytes:
             raise NmtError(f"{path}: data.dir {self.cfg.data.dir} has another SentencePiece model than the run's")
         if dropouts:

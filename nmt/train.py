@@ -55,10 +55,11 @@ class Trainer(RunFiles):
             raise NmtError(f"{data_dir}: no spm.model here; run `nmt prepare` first or set data.dir")
         self.spm_bytes = (data_dir / "spm.model").read_bytes()
         self.vocab = Vocab(self.spm_bytes)
-        self.train_data = ParallelIds.load(data_dir / "train.ids.pt", links=self.tc.guided_alignment > 0)
+        self.train_data = ParallelIds.load(data_dir / "train.ids.pt", self.tc.guided_alignment > 0, len(self.vocab))
         if len(self.train_data) == 0:
             raise NmtError(f"{data_dir}/train.ids.pt: the training corpus is empty")
-        self.valid_data = ParallelIds.load(data_dir / "valid.ids.pt") if (data_dir / "valid.ids.pt").exists() else None
+        self.valid_data = ParallelIds.load(data_dir / "valid.ids.pt", vocab_size=len(self.vocab)) \
+            if (data_dir / "valid.ids.pt").exists() else None
         self.valid_text = self._valid_text(data_dir)
         config.model = self._fill_in(config.model, data_dir)
         random.seed(self.tc.seed)
@@ -83,6 +84,8 @@ class Trainer(RunFiles):
         self.reverse_nll = 0.0  # the reverse model's nll per source token in the latest update (agreement)
         if resume:
             self._resume()
+        else:
+            self._start_fresh()
 
     def _fill_in(self, model_config, data_dir: Path):
         """The model fields the prepared data decides: the vocabulary size and the number of sources."""
@@ -245,6 +248,8 @@ class Trainer(RunFiles):
     def run(self) -> dict:
         from tqdm import tqdm
 
+        if (spent := self._spent()) is not None:  # resumed at a limit it had reached: not one update more
+            return self._finish(spent, nothing_done=True)
         self.stop.install()
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.pt.*.tmp"):  # a write torn by kill -9; the real file is intact
@@ -385,7 +390,7 @@ class Trainer(RunFiles):
             stop = bool(self.tc.patience and self.bad_validations >= self.tc.patience)
         return self.dist.any(stop)
 
-    def _finish(self, reason: str) -> dict:
+    def _finish(self, reason: str, nothing_done: bool = False) -> dict:
         messages = {
             "interrupted": f"stopped on request; continue with: nmt train --out {self.out} --resume",
             "early_stopping": f"early stopping after {self.tc.patience} validations without improvement",
@@ -393,11 +398,12 @@ class Trainer(RunFiles):
             "max_minutes": "reached train.max_minutes",
             "max_epochs": "reached train.max_epochs",
         }
-        if reason == "max_epochs":
+        if reason == "max_epochs" and not nothing_done:
             self._validate_final()
         best = ("no valid text: best.pt is the latest checkpoint" if self.valid_text is None
                 else f"best valid BLEU {self.best_bleu:.2f}" if self.best_bleu >= 0 else "not validated yet")
-        self.log(f"{messages[reason]} (update {self.step}, {best}); run folder {self.out}")
+        first = "nothing to do, the run had stopped: " if nothing_done else ""  # raise the limit with --set to go on
+        self.log(f"{first}{messages[reason]} (update {self.step}, {best}); run folder {self.out}")
         self.dist.close()
         return {"reason": reason, "step": self.step, "best_bleu": self.best_bleu, "signal": self.stop.signum}
 

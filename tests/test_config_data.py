@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -56,3 +58,21 @@ def test_schedules():
     assert inverse_sqrt(400, 1e-3, 100) == pytest.approx(5e-4)
     assert noam(100, 1e-3, 100) == pytest.approx(1e-3)
     assert noam(400, 1e-3, 100) == pytest.approx(5e-4)
+
+
+def test_docs_config_names_every_key():
+    """docs/config.md lists every key of every section, and no key that does not exist."""
+    import dataclasses
+    import re
+
+    from nmt.config import DataConfig, TrainConfig
+    from nmt.models import MODELS
+
+    page = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    sections = re.split(r"\n## ", page)[1:]
+    listed = {s.splitlines()[0]: re.findall(r"^\| `(\w+)` \|", s, re.M) for s in sections}
+    expected = {"`[data]`": [f.name for f in dataclasses.fields(DataConfig)],
+                "`[train]`": [f.name for f in dataclasses.fields(TrainConfig)],
+                **{f'`[model]`, `kind = "{kind}"`': ["kind"] * (i == 0) + [f.name for f in dataclasses.fields(cls)]
+                   for i, (kind, (cls, _)) in enumerate(MODELS.items())}}
+    assert listed == expected

@@ -181,7 +181,7 @@ def test_evaluate_reads_the_docs_and_context_options_refuse_misuse(toy, trained,
     assert "context:        the 1 previous sentence(s)" in info.stdout
     r = CliRunner().invoke(app, ["evaluate", "--hyp", str(prepared / "valid.ref"), "--docs",
                                  str(prepared / "valid.docs"), "--ref", str(prepared / "valid.ref")])
-    assert r.exit_code == 1 and "--docs only apply with --model" in r.output
+    assert r.exit_code == 1 and "--docs only applies with --model" in r.output
     plain = d / "plain"
     prepare(plain, (d / "train.src", d / "train.tgt"), options=PrepareOptions(vocab_size=60), log=lambda m: None)
     if not (d / "plain-run" / "best.pt").exists():

@@ -213,3 +213,65 @@ def test_json_config_must_be_a_table(tmp_path):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(NmtError, match=message):
             load_config(tmp_path / "bad.json")
+
+
+def test_prepare_again_leaves_no_split_of_the_earlier_one(multi30k_small, tmp_path):
+    """A second prepare into the same folder without valid/test removes the first one's files,
+    which would not match its vocabulary."""
+    f, out = multi30k_small, tmp_path / "p"
+    r = invoke("prepare", "--train-src", f["train.de"], "--train-tgt", f["train.en"], "--valid-src", f["val.de"],
+               "--valid-tgt", f["val.en"], "--test-src", f["val.de"], "--test-tgt", f["val.en"], "-o", out,
+               "--vocab-size", 300)
+    assert r.exit_code == 0 and (out / "valid.ids.pt").exists() and (out / "test.ref").exists()
+    r = invoke("prepare", "--train-src", f["train.de"], "--train-tgt", f["train.en"], "-o", out, "--vocab-size", 250)
+    assert r.exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["prepare.json", "spm.model", "train.ids.pt"]
+
+
+def test_prepare_empty_files_and_a_file_in_the_way(multi30k_small, tmp_path):
+    f, empty = multi30k_small, tmp_path / "empty"
+    empty.write_text("")
+    r = invoke("prepare", "--train-src", empty, "--train-tgt", empty, "-o", tmp_path / "a")
+    assert r.exit_code == 1 and "the training file is empty" in r.output
+    r = invoke("prepare", "--train-src", f["train.de"], "--train-tgt", f["train.en"], "--test-src", empty,
+               "--test-tgt", empty, "-o", tmp_path / "b", "--vocab-size", 300)
+    assert r.exit_code == 1 and "the test file is empty" in r.output and not (tmp_path / "b").exists()
+    r = invoke("prepare", "--train-src", f["train.de"], "--train-tgt", f["train.en"], "-o", empty)
+    assert r.exit_code == 1 and "exists and is not a folder" in r.output and "read" not in r.output
+    r = invoke("quickstart", "--src-lang", "de", "--tgt-lang", "de", "-o", tmp_path / "q")
+    assert r.exit_code == 1 and "both 'de'" in r.output and not (tmp_path / "q").exists()
+
+
+def test_average_refuses_to_write_over_an_input(trained_small, tmp_path):
+    a = tmp_path / "a.pt"
+    shutil.copy(trained_small / "best.pt", a)
+    before = a.read_bytes()
+    r = invoke("average", a, trained_small / "last.pt", "-o", a)
+    assert r.exit_code == 1 and "is the same file as the input" in r.output and a.read_bytes() == before
+
+
+def test_attention_folder_is_checked_before_any_output(trained_small, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep\n")
+    r = invoke("translate", "-m", trained_small / "best.pt", "--attention", f, input="Ein Hund.\n")
+    assert r.exit_code == 1 and "--attention" in r.output and "not a folder" in r.output
+    assert r.stdout == "" and f.read_text() == "keep\n"  # refused before any translation
+
+
+def test_options_that_mean_nothing_are_refused(trained_small, tmp_path):
+    r = invoke("translate", "-m", trained_small / "best.pt", "--max-len-a", -1, input="Ein Hund.\n")
+    assert r.exit_code == 2 and "--max-len-a" in r.output
+    hyp = tmp_path / "h"
+    hyp.write_text("a dog\n")
+    r = invoke("evaluate", "--hyp", hyp, "--src", hyp, "--ref", hyp)
+    assert r.exit_code == 1 and "--src only applies with --model" in r.output
+    r = invoke("attention", "-m", trained_small / "best.pt", " ")
+    assert r.exit_code == 1 and "the sentence is empty" in r.output
+
+
+def test_info_without_validation_says_so(trained_small, tmp_path):
+    avg = tmp_path / "avg.pt"
+    assert invoke("average", trained_small / "best.pt", "-o", avg).exit_code == 0
+    r = invoke("info", avg)
+    assert r.exit_code == 0 and "valid BLEU:     none (not validated); the run's best: " in r.output
+    assert "None" not in r.output and "-1.0" not in r.output
