@@ -91,7 +91,8 @@ def _train(out: Path, setting: dict, args, env: dict) -> None:
         f'data.dir="{args.data}"', f"train.max_minutes={args.minutes}", f"train.threads={args.threads}",
         f"train.batch_tokens={args.batch_tokens}", f"train.warmup={args.warmup}",
         "train.valid_every=100000", "train.save_every=0", "train.valid_max_sentences=300"]
-    cmd = [sys.executable, "-m", "nmt_cli.main", "train", "-c", "configs/lstm-luong.toml", "-o", str(out)]
+    cmd = [sys.executable, "-m", "nmt_cli.main", "train", "-c", "configs/lstm-luong.toml", "-o", str(out),
+           "--overwrite"]  # no "done" marker: an interrupted run, trained again from the start
     proc = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{out}: training failed: {proc.stderr.strip().splitlines()[-1:]}")

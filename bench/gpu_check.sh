@@ -38,7 +38,7 @@ timeout 240 $PY bench/train_throughput.py --data "$DATA" --models transformer ls
 
 if [ -z "$MODEL" ]; then
     step train "$MINUTES" minutes bf16
-    timeout $((MINUTES * 60 + 90)) $PY -m nmt_cli.main train -c configs/transformer.toml -o /tmp/nmt-gpu-run \
+    timeout $((MINUTES * 60 + 90)) $PY -m nmt_cli.main train -c configs/transformer.toml -o /tmp/nmt-gpu-run --overwrite \
         --set data.dir="\"$DATA\"" --set train.amp='"bf16"' --set train.max_minutes="$MINUTES" \
         --set train.valid_every=1000 --set train.save_every=1000
     cp /tmp/nmt-gpu-run/metrics.jsonl "$OUT/metrics.jsonl"
@@ -54,7 +54,7 @@ timeout 100 $PY bench/decode.py -m "$MODEL" --src "$DATA/test.src" --ref "$DATA/
 
 step torchrun NCCL
 timeout 120 torchrun --standalone --nproc_per_node 1 -m nmt_cli.main train -c configs/transformer.toml \
-    -o /tmp/nmt-ddp --set data.dir="\"$DATA\"" --set train.amp='"bf16"' --set train.max_steps=60 \
+    -o /tmp/nmt-ddp --overwrite --set data.dir="\"$DATA\"" --set train.amp='"bf16"' --set train.max_steps=60 \
     --set train.valid_every=60 --set train.valid_max_sentences=50 2>&1 | tail -5
 
 step the host CPU: bf16 autocast against fp32, where it has native bf16
