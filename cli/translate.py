@@ -112,7 +112,7 @@ def translate(
         src, out = _open_io(input, output)
         try:
             with torch.inference_mode():
-                done = 0  # lines answered so far
+                done = written = 0  # lines read and searched so far, lines whose output is written
                 for lines in read_chunks(src, chunk_lines, err):
                     if window is not None:  # each line with the sentences before it in its document
                         lines = window.add(lines, done)
@@ -125,9 +125,14 @@ def translate(
                             texts = [f"{t}\t{a}" for t, a in zip(texts, aligned)]
                     out.write("".join(t + "\n" for t in texts))
                     out.flush()
+                    written += len(texts)
             page = report.close()
             if page:
                 err(f"attention pictures: {page}")
+        except KeyboardInterrupt:  # (guard then says "interrupted" and exits 130)
+            if output is not None:
+                err(f"nmt: {output} holds the translations of the first {written:,} input lines only")
+            raise
         finally:
             for f in (report.alignments, report.stats, src if input else None, out if output else None):
                 if f is not None and f is not sys.stdout:

@@ -275,3 +275,24 @@ def test_info_without_validation_says_so(trained_small, tmp_path):
     r = invoke("info", avg)
     assert r.exit_code == 0 and "valid BLEU:     none (not validated); the run's best: " in r.output
     assert "None" not in r.output and "-1.0" not in r.output
+
+
+def test_interrupted_translation_says_how_much_the_output_holds(trained_small, tmp_path, monkeypatch):
+    """Ctrl-C while translating into a file: exit 130 and a line naming how many lines it holds."""
+    from nmt.translate import Translator
+
+    calls = {"n": 0}
+    search = Translator.hypotheses
+
+    def interrupted(self, lines, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return search(self, lines, **kw)
+
+    monkeypatch.setattr(Translator, "hypotheses", interrupted)
+    out = tmp_path / "out.en"
+    r = invoke("translate", "-m", trained_small / "best.pt", "-o", out, "--chunk-lines", 2,
+               input="Ein Hund.\nZwei Männer.\nEine Frau.\nEin Kind.\nEin Haus.\n")
+    assert r.exit_code == 130 and f"{out} holds the translations of the first 4 input lines only" in r.output
+    assert len(out.read_text().splitlines()) == 4
