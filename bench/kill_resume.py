@@ -35,7 +35,7 @@ def main() -> int:
 
     steps = []
     for i in range(args.kills):
-        resume = ["--resume"] if (out / "last.pt").exists() else []
+        resume = ["--resume"] if (out / "last.pt").exists() else ["--overwrite"]  # (killed before its first save)
         p = subprocess.Popen(base + resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(4.0, 12.0))
         p.kill()  # SIGKILL: no handler runs

@@ -24,13 +24,12 @@ def attention(
     """
     from nmt.alignment import select_heads
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt.errors import NmtError
     from nmt.guided import default_heads
     from nmt.multisource import num_sources
     from nmt.report import attention_shape, check_heads, parse_heads, source_labels
     from nmt.translate import SearchOptions, Translator
     from nmt.visualize import terminal_heatmap
-
-    from nmt.errors import NmtError
 
     with guard():
         if not sentence.strip():

@@ -46,6 +46,8 @@ def evaluate(
         if (hyp is None) == (not model):
             raise NmtError("give either --hyp FILE, or --model CKPT with --src FILE")
         refs = read_lines(ref)  # once: --ref may be a pipe
+        if not refs:
+            raise NmtError(f"--ref {ref}: is empty, nothing to score")
         search = {"--beam": beam, "--length-penalty": length_penalty, "--coverage-penalty": coverage_penalty}
         if hyp is not None:
             if docs is not None:

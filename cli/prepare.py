@@ -8,7 +8,6 @@ import typer
 from nmt_cli.common import err, guard
 
 
-
 def sources_in(split: str):
     """The type of a split's ``--SPLIT-src`` option (repeatable: one file per source)."""
     return Annotated[Optional[list[Path]], typer.Option(

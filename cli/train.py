@@ -34,16 +34,12 @@ def train(
     from nmt.config import load_config
     from nmt.errors import NmtError
     from nmt.paths import check_out_folder
-    from nmt.run_files import earlier_run
+    from nmt.run_files import refuse_earlier_run
     from nmt.train import train as run
 
     with guard():
         check_out_folder(out, "-o")
-        if resume and overwrite:
-            raise NmtError("--resume continues the run in OUT, --overwrite replaces it: give one")
-        if not resume and not overwrite and (files := earlier_run(out)):
-            raise NmtError(f"-o {out}: holds a run already ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
-                           "continue it with --resume, or start over with --overwrite")
+        refuse_earlier_run(out, resume, overwrite)
         overrides = list(set_ or [])
         if data is not None:  # a JSON string is a valid TOML string: quotes and backslashes escaped
             overrides.append(f"data.dir={json.dumps(str(data), ensure_ascii=False)}")

@@ -222,6 +222,15 @@ def _piece_alignments(links: list[list[tuple[int, int]]], texts: tuple[list[str]
     return pack_links(per_pair), skipped
 
 
+def _read_splits(train: tuple[Path, ...], others: dict[str, tuple[Path, ...] | None]) -> tuple[tuple, dict]:
+    """The training split's (sources, targets) and each other split given, by name; an empty one
+    is an error (before anything is trained)."""
+    splits = {"training": read_sources(*train), **{name: read_sources(*files) for name, files in others.items() if files}}
+    if empty := next((name for name, (s, _) in splits.items() if not s), None):
+        raise NmtError(f"{(train if empty == 'training' else others[empty])[0]}: the {empty} file is empty")
+    return splits.pop("training"), splits
+
+
 def prepare(
     out_dir: Path,
     train: tuple[Path, ...],
@@ -247,15 +256,10 @@ def prepare(
         raise NmtError("every split needs the same source files and one target file")
     if train_align and (sources > 1 or context):
         raise NmtError("--train-align needs a single source without context (word links name one source's words)")
-    src, tgt = read_sources(*train)
+    (src, tgt), split_lines = _read_splits(train, {"valid": valid, "test": test})
     starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test}, len(src))
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
     src = with_context(src, starts.get("train"), context) if context else src
-    if not src:
-        raise NmtError(f"{train[0]}: the training file is empty")
-    split_lines = {name: read_sources(*pair) for name, pair in (("valid", valid), ("test", test)) if pair}
-    if empty := next((name for name, (s, _) in split_lines.items() if not s), None):
-        raise NmtError(f"{(valid if empty == 'valid' else test)[0]}: the {empty} file is empty")
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio, first_only=context > 0)
     if not keep:
         raise NmtError(f"{train[0]}: no usable training pairs after cleaning (all {len(src)} dropped)")

@@ -27,13 +27,28 @@ def earlier_run(out: Path) -> list[str]:
     return sorted(f.name for f in out.iterdir() if f.name in RUN_FILES or re.fullmatch(r"step-\d+\.pt", f.name))
 
 
+def refuse_earlier_run(out: Path, resume: bool, overwrite: bool) -> None:
+    """``nmt train``'s check of its folder, before anything is built: a run with checkpoints there is
+    continued (``resume``) or replaced (``overwrite``), never silently mixed with a new one. A run that
+    stopped before its first checkpoint (its metrics.jsonl alone) is simply started over."""
+    if resume and overwrite:
+        raise NmtError("--resume continues the run in OUT, --overwrite replaces it: give one")
+    checkpoints = [name for name in earlier_run(out) if name.endswith(".pt")]
+    if resume or overwrite or not checkpoints:
+        return
+    shown = ", ".join(checkpoints[:3]) + (", ..." if len(checkpoints) > 3 else "")
+    how = ("continue it with --resume, or start over with --overwrite" if (out / "last.pt").exists()
+           else "it has no last.pt to resume from: start over with --overwrite")
+    raise NmtError(f"-o {out}: holds a run already ({shown}); {how}")
+
+
 class RunFiles:
     """Checkpoint methods of :class:`nmt.train.Trainer` (which holds the state they read)."""
 
     def _start_fresh(self) -> None:
-        """A new run (not ``--resume``): the files of an earlier run in the folder go first, so that
-        best.pt, metrics.jsonl and the step snapshots are this run's alone (``nmt train`` refuses such
-        a folder unless given ``--overwrite``)."""
+        """A new run (not ``--resume``), as it starts: the files of an earlier run in the folder go
+        first, so that best.pt, metrics.jsonl and the step snapshots are this run's alone (``nmt
+        train`` refuses a folder with checkpoints unless given ``--overwrite``)."""
         if self.dist.is_main:
             for name in earlier_run(self.out):
                 (self.out / name).unlink(missing_ok=True)
@@ -79,7 +94,8 @@ class RunFiles:
     def _resume(self) -> None:
         path = self.out / "last.pt"
         if not path.exists():
-            raise NmtError(f"{path}: nothing to resume; train without --resume first")
+            stuck = any(name.endswith(".pt") for name in earlier_run(self.out))  # e.g. best.pt of train.keep_last=false
+            raise NmtError(f"{path}: nothing to resume; train without --resume" + (" but with --overwrite" * stuck))
         ckpt = load_checkpoint(path, mmap=False)  # all of it is needed, and kept for the whole run
         self._check_fits(path, ckpt)
         t = ckpt.get("training")

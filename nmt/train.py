@@ -82,10 +82,9 @@ class Trainer(RunFiles):
         self.best_bleu, self.bad_validations, self.lr_scale, self.plateau_bad = -1.0, 0, 1.0, 0
         self.stop = Stop()
         self.reverse_nll = 0.0  # the reverse model's nll per source token in the latest update (agreement)
+        self.resumed = resume
         if resume:
             self._resume()
-        else:
-            self._start_fresh()
 
     def _fill_in(self, model_config, data_dir: Path):
         """The model fields the prepared data decides: the vocabulary size and the number of sources."""
@@ -250,6 +249,8 @@ class Trainer(RunFiles):
 
         if (spent := self._spent()) is not None:  # resumed at a limit it had reached: not one update more
             return self._finish(spent, nothing_done=True)
+        if not self.resumed:
+            self._start_fresh()
         self.stop.install()
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.pt.*.tmp"):  # a write torn by kill -9; the real file is intact
@@ -393,7 +394,8 @@ class Trainer(RunFiles):
     def _finish(self, reason: str, nothing_done: bool = False) -> dict:
         messages = {
             "interrupted": f"stopped on request; continue with: nmt train --out {self.out} --resume",
-            "early_stopping": f"early stopping after {self.tc.patience} validations without improvement",
+            "early_stopping": f"early stopping after {self.tc.patience} validations without improvement"
+                              + (" (raise train.patience, or 0 = off, to go on)" if nothing_done else ""),
             "max_steps": "reached train.max_steps",
             "max_minutes": "reached train.max_minutes",
             "max_epochs": "reached train.max_epochs",
@@ -413,6 +415,9 @@ class Trainer(RunFiles):
 
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+    """Train into ``out_dir``: continue its run (``resume``), else start a new one there, deleting
+    the checkpoints, snapshots and metrics of any earlier run first (``nmt train`` refuses such a
+    folder unless given ``--overwrite``)."""
     return Trainer(config, out_dir, resume).run()
 
 

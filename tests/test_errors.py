@@ -296,3 +296,10 @@ def test_interrupted_translation_says_how_much_the_output_holds(trained_small, t
                input="Ein Hund.\nZwei Männer.\nEine Frau.\nEin Kind.\nEin Haus.\n")
     assert r.exit_code == 130 and f"{out} holds the translations of the first 4 input lines only" in r.output
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_evaluate_an_empty_reference(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    r = invoke("evaluate", "--hyp", empty, "--ref", empty)
+    assert r.exit_code == 1 and "is empty, nothing to score" in r.output and "internal" not in r.output

@@ -80,3 +80,52 @@ def test_ids_beyond_the_vocabulary_are_refused(prepared_small, tmp_path):
     r = train(data, tmp_path / "run", "train.max_steps=1")
     assert r.exit_code == 1 and "valid.ids.pt: has piece ids up to 5000" in r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_starts_over(prepared_small, tmp_path):
+    """metrics.jsonl alone (a run killed or failed before saving) is not a run to refuse: training
+    again starts over; a folder with best.pt but no last.pt (train.keep_last=false) has nothing
+    to resume, and both messages say --overwrite."""
+    run = tmp_path / "run"
+    r = train(prepared_small, run, "train.accumulate=100000", "train.max_steps=1")  # fails at once
+    assert r.exit_code == 1 and "train.accumulate" in r.output
+    assert (run / "metrics.jsonl").exists() and not list(run.glob("*.pt"))
+    r = train(prepared_small, run, "train.max_steps=1", "train.valid_every=1", "train.keep_last=false")
+    assert r.exit_code == 0, r.output
+    assert (run / "best.pt").exists() and not (run / "last.pt").exists()
+    r = train(prepared_small, run, "train.max_steps=1")
+    assert r.exit_code == 1 and "no last.pt to resume from: start over with --overwrite" in r.output
+    r = runner.invoke(app, ["train", "-o", str(run), "--resume"])
+    assert r.exit_code == 1 and "nothing to resume" in r.output and "with --overwrite" in r.output
+
+
+def test_resume_after_early_stopping_or_the_time_limit_trains_nothing(prepared_small, tmp_path):
+    from nmt.checkpoint import atomic_save, load_checkpoint
+
+    run = tmp_path / "run"
+    assert train(prepared_small, run, "train.max_steps=2", "train.valid_every=1").exit_code == 0
+    ckpt = load_checkpoint(run / "last.pt", mmap=False)
+    ckpt["training"]["bad_validations"] = 3
+    atomic_save(ckpt, run / "last.pt")
+    r = runner.invoke(app, ["train", "-o", str(run), "--resume", "--set", "train.max_steps=10", "--set",
+                            "train.patience=3"])
+    assert r.exit_code == 0 and "nothing to do" in r.output and "raise train.patience" in r.output
+    ckpt["training"]["elapsed"] = 120.0
+    ckpt["training"]["bad_validations"] = 0
+    atomic_save(ckpt, run / "last.pt")
+    r = runner.invoke(app, ["train", "-o", str(run), "--resume", "--set", "train.max_steps=10", "--set",
+                            "train.max_minutes=2"])
+    assert r.exit_code == 0 and "nothing to do" in r.output and "max_minutes" in r.output
+
+
+def test_building_a_trainer_deletes_nothing(prepared_small, tmp_path):
+    """The library starts a new run's folder afresh when the run starts, not when it is built."""
+    from nmt.config import load_config
+    from nmt.train import Trainer
+
+    run = tmp_path / "run"
+    assert train(prepared_small, run, "train.max_steps=1", "train.valid_every=1").exit_code == 0
+    before = sorted(p.name for p in run.iterdir())
+    cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=1"])
+    Trainer(cfg, run, log=lambda m: None)
+    assert sorted(p.name for p in run.iterdir()) == before
