@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -419,7 +419,3 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     the checkpoints, snapshots and metrics of any earlier run first (``nmt train`` refuses such a
     folder unless given ``--overwrite``)."""
     return Trainer(config, out_dir, resume).run()
-
-
-def config_summary(config: RunConfig) -> str:
-    return json.dumps({"model": asdict(config.model), "train": asdict(config.train)})
