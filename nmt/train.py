@@ -395,7 +395,7 @@ class Trainer(RunFiles):
         messages = {
             "interrupted": f"stopped on request; continue with: nmt train --out {self.out} --resume",
             "early_stopping": f"early stopping after {self.tc.patience} validations without improvement"
-                              + (" (raise train.patience, or 0 = off, to go on)" if nothing_done else ""),
+                              + (" (raise train.patience, or set it to 0, to go on)" if nothing_done else ""),
             "max_steps": "reached train.max_steps",
             "max_minutes": "reached train.max_minutes",
             "max_epochs": "reached train.max_epochs",
