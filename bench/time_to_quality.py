@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,6 +72,15 @@ def bleu(hyps: list[str], ref: Path) -> float:
     return score(hyps, read_lines(ref))["bleu"]["score"]
 
 
+# --concurrent: set when one toolkit's training fails, so that the other's stops too instead of
+# running to its last mark before the error shows
+ABORT = threading.Event()
+
+
+def _aborted(name: str) -> RuntimeError:
+    return RuntimeError(f"{name}: stopped, the other training failed")
+
+
 def pinned(cmd: list[str], core: int | None) -> tuple[list[str], dict]:
     """``cmd`` and its environment, run on CPU ``core`` alone with one intra-op thread (its child
     processes inherit both); unchanged for ``None``, the whole machine."""
@@ -94,7 +103,8 @@ def train_ours(data: Path, work: Path, marks: list[float], core: int | None = No
     snaps, pending = {}, sorted(marks)[:-1]
     try:
         while proc.poll() is None:
-            time.sleep(5)
+            if ABORT.wait(5):
+                raise _aborted("nmt train")
             if pending and (out / "metrics.jsonl").exists():
                 lines = (out / "metrics.jsonl").read_text().splitlines()
                 elapsed = json.loads(lines[-1])["elapsed_s"] if lines else 0.0
@@ -185,9 +195,12 @@ def _train_until(command: tuple[list[str], dict], log: Path, start_line: str, na
         while not started.wait(1.0):
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"{name} did not start training; see {log}")
+            if ABORT.is_set():
+                raise _aborted(name)
         t0 = time.time()
         for mark in sorted(marks):
-            time.sleep(max(0.0, t0 + mark * 60 - time.time()))
+            if ABORT.wait(max(0.0, t0 + mark * 60 - time.time())):
+                raise _aborted(name)
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} stopped early; see {log}")
             snaps[mark] = take(mark)
@@ -318,9 +331,12 @@ def main() -> int:
         if len(cores) < 2:
             ap.error("--concurrent needs two CPU cores")
         with ThreadPoolExecutor(2) as pool:
-            ours_job = pool.submit(train_ours, data, work, args.minutes, cores[0])
-            onmt_job = pool.submit(train_onmt, args.onmt, work, args.minutes, cores[1])
-            ours_snaps, onmt_snaps = ours_job.result(), onmt_job.result()
+            jobs = [pool.submit(train_ours, data, work, args.minutes, cores[0]),
+                    pool.submit(train_onmt, args.onmt, work, args.minutes, cores[1])]
+            for job in as_completed(jobs):
+                if job.exception() is not None:  # the first failure stops the other
+                    ABORT.set()
+            ours_snaps, onmt_snaps = (job.result() for job in jobs)
     else:
         ours_snaps = train_ours(data, work, args.minutes)
         onmt_snaps = train_onmt(args.onmt, work, args.minutes)

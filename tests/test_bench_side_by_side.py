@@ -33,3 +33,24 @@ def test_pinned_runs_on_one_core_with_one_thread():
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     cmd, env = pinned(["python"], None)
     assert cmd == ["python"] and "taskset" not in cmd
+
+
+def test_a_failed_concurrent_training_stops_the_other(tmp_path):
+    """--concurrent: once ABORT is set (the other toolkit's training failed), a training waiting for
+    its mark stops at once and its process group is killed."""
+    import threading
+    import time
+
+    import pytest
+
+    import time_to_quality as ttq
+
+    script = "import time; print('Start training loop', flush=True); time.sleep(120)"
+    ttq.ABORT.clear()
+    threading.Timer(1.5, ttq.ABORT.set).start()
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="stopped, the other training failed"):
+        ttq._train_until(([sys.executable, "-c", script], None), tmp_path / "log", "Start training loop", "fake",
+                         [20.0], lambda mark: None)
+    ttq.ABORT.clear()
+    assert time.time() - t0 < 10 and "Start training loop" in (tmp_path / "log").read_text()
