@@ -9,8 +9,9 @@ their union. It stands in for eflomal, which is not among the dependencies, and 
 diagonal alignment alone scores an AER of about 0.37 against it, so read differences between runs,
 not absolute values. For each run, the teacher-forced attention on the test pairs (pieces merged to
 words, argmax per target word) is scored for head 0 of the last layer and for the mean over the heads
-of each of the last two layers (the last alone for an LSTM or a one-layer decoder); a run with ``last.reverse.pt`` (``train.agreement``) adds its reverse model
-and the intersection of the two directions.
+of each of the last two layers (the last alone for an LSTM or a one-layer decoder); a run with
+``last.reverse.pt`` (``train.agreement``) adds its reverse model and the intersection of the two
+directions.
 """
 
 from __future__ import annotations

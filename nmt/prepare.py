@@ -137,10 +137,11 @@ def encode_split(vocab: Vocab, src: list[str], tgt: list[str], sources: int = 1,
     return out
 
 
-def _document_starts(context: int, sources: int, docs: dict, splits: dict, train_lines: int) -> dict[str, list[int]]:
+def _document_starts(context: int, sources: int, docs: dict, splits: dict, lines: dict[str, int]
+                     ) -> dict[str, list[int]]:
     """Before anything is trained: context takes one source file and a docs file for every split
-    given (``splits``: name -> its files, or None), each checked against its text's lines (the
-    training text's, already read: ``train_lines``). Returns each split's 0-based document starts
+    given (``splits``: name -> its files, or None), each checked against its text's number of lines
+    (``lines``, by split: the texts are read already). Returns each split's 0-based document starts
     (nothing without context)."""
     for name, path in docs.items():
         if path and not context:
@@ -162,7 +163,7 @@ def _document_starts(context: int, sources: int, docs: dict, splits: dict, train
         if not docs.get(name):
             raise NmtError(f"--context {context} needs --{name}-docs: the line number (from 1) where each "
                            "document starts, one per line")
-        starts[name] = read_doc_starts(docs[name], train_lines if name == "train" else len(read_lines(files[0])))
+        starts[name] = read_doc_starts(docs[name], lines[name])
     return starts
 
 
@@ -225,7 +226,8 @@ def _piece_alignments(links: list[list[tuple[int, int]]], texts: tuple[list[str]
 def _read_splits(train: tuple[Path, ...], others: dict[str, tuple[Path, ...] | None]) -> tuple[tuple, dict]:
     """The training split's (sources, targets) and each other split given, by name; an empty one
     is an error (before anything is trained)."""
-    splits = {"training": read_sources(*train), **{name: read_sources(*files) for name, files in others.items() if files}}
+    splits = {"training": read_sources(*train),
+              **{name: read_sources(*files) for name, files in others.items() if files}}
     if empty := next((name for name, (s, _) in splits.items() if not s), None):
         raise NmtError(f"{(train if empty == 'training' else others[empty])[0]}: the {empty} file is empty")
     return splits.pop("training"), splits
@@ -257,7 +259,8 @@ def prepare(
     if train_align and (sources > 1 or context):
         raise NmtError("--train-align needs a single source without context (word links name one source's words)")
     (src, tgt), split_lines = _read_splits(train, {"valid": valid, "test": test})
-    starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test}, len(src))
+    starts = _document_starts(context, sources, docs or {}, {"train": train, "valid": valid, "test": test},
+                              {"train": len(src), **{name: len(s) for name, (s, _) in split_lines.items()}})
     align_links = _alignment_lines(train_align, train, src, tgt) if train_align else None
     src = with_context(src, starts.get("train"), context) if context else src
     keep, dropped = clean_pairs(src, tgt, options.max_words, options.max_ratio, first_only=context > 0)
