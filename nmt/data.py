@@ -76,9 +76,9 @@ class ParallelIds:
         if links is not None and len(links["offsets"]) != len(packed["src"]["offsets"]):
             raise NmtError(f"{align}: has links for {len(links['offsets']) - 1} pairs, not "
                            f"{len(packed['src']['offsets']) - 1}; run nmt prepare again")
-        top = max((int(side["ids"].max()) for side in (packed["src"], *packed.get("more_src", []), packed["tgt"])
-                   if side["ids"].numel()), default=-1)
-        if vocab_size and top >= vocab_size:
+        sides = (packed["src"], *packed.get("more_src", []), packed["tgt"])
+        top = max((int(s["ids"].max()) for s in sides if s["ids"].numel()), default=-1) if vocab_size else -1
+        if top >= vocab_size > 0:
             raise NmtError(f"{path}: has piece ids up to {top}, but spm.model has {vocab_size} pieces (files of two "
                            "preparations); run nmt prepare again")
         return cls(packed, links)
