@@ -183,13 +183,14 @@ def _train_until(command: tuple[list[str], dict], log: Path, start_line: str, na
     started = threading.Event()
 
     def watch() -> None:
-        with open(log, "w") as f:
+        with open(log, "w", buffering=1) as f:  # line-buffered: the log can be followed while it trains
             for line in proc.stdout:
                 f.write(line)
                 if start_line in line:
                     started.set()
 
-    threading.Thread(target=watch, daemon=True).start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     deadline, snaps = time.time() + 600, {}
     try:
         while not started.wait(1.0):
@@ -207,6 +208,7 @@ def _train_until(command: tuple[list[str], dict], log: Path, start_line: str, na
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        watcher.join(timeout=10)  # the log is complete when this returns
     return snaps
 
 

@@ -46,11 +46,19 @@ def test_a_failed_concurrent_training_stops_the_other(tmp_path):
     import time_to_quality as ttq
 
     script = "import time; print('Start training loop', flush=True); time.sleep(120)"
+    log, aborted_at = tmp_path / "log", []
+
+    def abort_once_started() -> None:  # the fake training is waiting for its 20-minute mark
+        deadline = time.time() + 60
+        while time.time() < deadline and not (log.exists() and "Start training loop" in log.read_text()):
+            time.sleep(0.05)
+        aborted_at.append(time.time())
+        ttq.ABORT.set()
+
     ttq.ABORT.clear()
-    threading.Timer(1.5, ttq.ABORT.set).start()
-    t0 = time.time()
+    threading.Thread(target=abort_once_started, daemon=True).start()
     with pytest.raises(RuntimeError, match="stopped, the other training failed"):
-        ttq._train_until(([sys.executable, "-c", script], None), tmp_path / "log", "Start training loop", "fake",
+        ttq._train_until(([sys.executable, "-c", script], None), log, "Start training loop", "fake",
                          [20.0], lambda mark: None)
     ttq.ABORT.clear()
-    assert time.time() - t0 < 10 and "Start training loop" in (tmp_path / "log").read_text()
+    assert time.time() - aborted_at[0] < 10 and "Start training loop" in log.read_text()
