@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -11,6 +12,28 @@ from nmt.errors import NmtError, first_line
 
 VERBOSE = {"on": False}
 SKIP_TEARDOWN = {"on": False}  # set by a command that has written and closed all it writes (see main.run)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception by :func:`terminate_as_interrupt` so that a command
+    cleans up and reports as on Ctrl-C (exit status 143 instead of 130)."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread (elsewhere: no change)."""
+    def handler(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def err(message: str) -> None:
@@ -28,6 +51,9 @@ def guard():
             raise
         err(f"nmt: error: {e}")
         raise typer.Exit(1) from None
+    except Terminated:
+        err("nmt: terminated")
+        raise typer.Exit(143) from None
     except KeyboardInterrupt:
         err("nmt: interrupted")
         raise typer.Exit(130) from None

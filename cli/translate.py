@@ -110,9 +110,9 @@ def translate(
         report = _report(vocab, attention, encoder_attention, alignments, attention_stats, align_layer, align_heads,
                          net, dev)
         src, out = _open_io(input, output)
+        done = written = 0  # lines read and searched so far, lines whose output is written
         try:
-            with torch.inference_mode():
-                done = written = 0  # lines read and searched so far, lines whose output is written
+            with torch.inference_mode(), common.terminate_as_interrupt():
                 for lines in read_chunks(src, chunk_lines, err):
                     if window is not None:  # each line with the sentences before it in its document
                         lines = window.add(lines, done)
@@ -129,7 +129,7 @@ def translate(
             page = report.close()
             if page:
                 err(f"attention pictures: {page}")
-        except KeyboardInterrupt:  # (guard then says "interrupted" and exits 130)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (guard then says so and exits 130 / 143)
             if output is not None:
                 err(f"nmt: {output} holds the translations of the first {written:,} input lines only")
             raise

@@ -17,8 +17,10 @@ class Stop:
     def __init__(self):
         self.requested = False
         self.signum = 0  # the signal that asked (the command's exit status is then 128 + signum)
+        self._previous: dict[int, object] = {}
 
     def install(self) -> None:
+        """Handle SIGINT and SIGTERM until :meth:`uninstall` (the main thread only)."""
         def handler(signum, frame):
             if self.requested:
                 print("\nsecond interrupt: exiting without saving", file=sys.stderr)
@@ -26,8 +28,15 @@ class Stop:
             self.requested, self.signum = True, signum
             print("\ninterrupt: saving last.pt after this update (press Ctrl-C again to quit now)", file=sys.stderr)
 
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, handler)
+
+    def uninstall(self) -> None:
+        """Put back the handlers that were there before :meth:`install` (a program that trains, then
+        goes on, gets its Ctrl-C back)."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def peak_rss_mb() -> float:

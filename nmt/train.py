@@ -245,13 +245,21 @@ class Trainer(RunFiles):
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict:
-        from tqdm import tqdm
-
+        """Train until a limit, early stopping or a stop request (SIGINT/SIGTERM: save, then stop);
+        returns ``{"reason", "step", "best_bleu", "signal"}``."""
         if (spent := self._spent()) is not None:  # resumed at a limit it had reached: not one update more
             return self._finish(spent, nothing_done=True)
         if not self.resumed:
             self._start_fresh()
         self.stop.install()
+        try:
+            return self._run()
+        finally:
+            self.stop.uninstall()
+
+    def _run(self) -> dict:
+        from tqdm import tqdm
+
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.pt.*.tmp"):  # a write torn by kill -9; the real file is intact
             stale.unlink(missing_ok=True)

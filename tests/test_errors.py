@@ -277,8 +277,13 @@ def test_info_without_validation_says_so(trained_small, tmp_path):
     assert "None" not in r.output and "-1.0" not in r.output
 
 
-def test_interrupted_translation_says_how_much_the_output_holds(trained_small, tmp_path, monkeypatch):
-    """Ctrl-C while translating into a file: exit 130 and a line naming how many lines it holds."""
+@pytest.mark.parametrize("how, status, said", [("ctrl-c", 130, "nmt: interrupted"), ("sigterm", 143, "nmt: terminated")])
+def test_interrupted_translation_says_how_much_the_output_holds(trained_small, tmp_path, monkeypatch, how, status, said):
+    """Ctrl-C or SIGTERM while translating into a file: exit 130 / 143 and a line naming how many
+    lines it holds; SIGTERM's handler is put back afterwards."""
+    import os
+    import signal
+
     from nmt.translate import Translator
 
     calls = {"n": 0}
@@ -287,15 +292,18 @@ def test_interrupted_translation_says_how_much_the_output_holds(trained_small, t
     def interrupted(self, lines, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt
+            if how == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this (the main) thread
         return search(self, lines, **kw)
 
     monkeypatch.setattr(Translator, "hypotheses", interrupted)
-    out = tmp_path / "out.en"
+    out, before = tmp_path / "out.en", signal.getsignal(signal.SIGTERM)
     r = invoke("translate", "-m", trained_small / "best.pt", "-o", out, "--chunk-lines", 2,
                input="Ein Hund.\nZwei Männer.\nEine Frau.\nEin Kind.\nEin Haus.\n")
-    assert r.exit_code == 130 and f"{out} holds the translations of the first 4 input lines only" in r.output
-    assert len(out.read_text().splitlines()) == 4
+    assert r.exit_code == status and f"{out} holds the translations of the first 4 input lines only" in r.output
+    assert said in r.output and len(out.read_text().splitlines()) == 4
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_evaluate_an_empty_reference(tmp_path):

@@ -124,6 +124,32 @@ def test_nan_loss_stops_or_skips(tmp_path, prepared_small, monkeypatch):
     assert result["step"] == 0
 
 
+def test_training_puts_the_signal_handlers_back(tmp_path, prepared_small):
+    """A program that trains and goes on (a notebook, a script) gets its Ctrl-C back: the handlers
+    that turn SIGINT/SIGTERM into "save and stop" last only while the run does, error or not."""
+    def mine(signum, frame):
+        pass
+
+    before = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cfg = load_config(None, [f'data.dir="{prepared_small}"', *TINY, "train.max_steps=2"])
+        trainer = Trainer(cfg, tmp_path / "run", log=lambda m: None)
+        assert trainer.run()["step"] == 2
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+        failing = Trainer(cfg, tmp_path / "bad", log=lambda m: None)
+
+        def update(group):
+            raise RuntimeError("failed inside the loop")
+
+        failing.update = update
+        with pytest.raises(RuntimeError, match="failed inside the loop"):
+            failing.run()
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "nmt_cli.main", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
