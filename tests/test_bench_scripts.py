@@ -49,6 +49,22 @@ def test_train_throughput_benchmark(prepared_small, tmp_path):
     assert row["tgt_tok_s"] > 0 and row["train_gflop_s"] > 0 and 0 < row["mfu"]
 
 
+def test_amp_quality_benchmark(prepared_small, tmp_path):
+    """bench/amp_quality.sh: fp32 and bf16 runs of equal steps, each scored on the test set."""
+    import os
+
+    tiny = "model.d_model=32 model.heads=2 model.ff_size=64 model.encoder_layers=1 model.decoder_layers=1"
+    env = dict(os.environ, DATA=str(prepared_small), STEPS="3", WORK=str(tmp_path), SETS=tiny, DEVICE="cpu")
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "amp_quality.sh")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "amp_quality.json").read_text())
+    assert [(r["amp"], r["steps"]) for r in rows] == [("none", 3), ("bf16", 3)]
+    for r in rows:
+        assert 0 <= r["test_bleu"] <= 100 and 0 <= r["test_chrf"] <= 100 and r["valid_bleu"] is not None
+    assert "test BLEU bf16 - fp32:" in proc.stdout
+
+
 def test_loss_speed_benchmark(tmp_path):
     out = tmp_path / "loss.json"
     bench("loss_speed.py", "--rows", "64", "--vocab", "300", "--dim", "16", "--dtypes", "float32", "--repeats", "1",
