@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every side-by-side figure of the speed issue in one command (102 minutes on a 2-core AMD EPYC):
+# Every side-by-side figure of the speed issue in one command (102 minutes on a 2-core Zen 3 EPYC; without
+# JoeyNMT 70 minutes on a 2-core Zen 5 EPYC):
 #
 #   ONMT=~/venvs/onmt JOEY=~/venvs/joey bash bench/full_side_by_side.sh
 #
@@ -8,7 +9,8 @@
 # 2. test BLEU after 20 and 60 minutes of training and whole-process decoding speed (greedy, beam 5,
 #    int8 too), ours and OpenNMT-py training at the same time on one core each, JoeyNMT after them
 #    for 20 minutes on one core (bench/time_to_quality.py --concurrent).
-# JOEY is optional (without it about 35 minutes less). Install steps: bench/side_by_side.py's docstring.
+# JOEY is optional. Install steps: bench/side_by_side.py's docstring. bf16 against fp32 at equal
+# steps (BLEU): bench/amp_quality.sh.
 # Results: bench/results/side_by_side.json and bench/results/time_to_quality.json.
 set -euo pipefail
 : "${ONMT:?set ONMT to the virtual environment with opennmt-py 3.5.1}"
