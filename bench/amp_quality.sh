@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bf16 autocast against fp32 at equal steps: the Transformer config, the same seed and batches,
 # STEPS updates each (one validation, at the end), then test_2016_flickr BLEU and chrF, beam 5, of
-# each run's last.pt (the checkpoint of update STEPS). About 35 minutes for 2,000 updates on 2 cores
+# each run's last.pt (the checkpoint of update STEPS). About 45 minutes for 2,000 updates on 2 cores
 # of a CPU with native bf16 (AVX512-BF16/AMX); a few minutes on a GPU (DEVICE=cuda).
 #
 #     bash bench/amp_quality.sh                      # DATA=prepared/de-en STEPS=2000 DEVICE=auto
