@@ -88,7 +88,7 @@ def main() -> int:
     from nmt.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt.prepare import read_lines
     from nmt.device import pick_device
-    from nmt.translate import quantize
+    from nmt.translate import for_decoding
 
     from nmt.memory import keep_freed_memory
 
@@ -96,7 +96,7 @@ def main() -> int:
     src, ref = read_lines(Path(args.src)), read_lines(Path(args.ref))
     model, vocab = model_from_checkpoint(load_checkpoint(Path(args.model)))
     device = pick_device(args.device)
-    model = quantize(model.to(device), args.quantize, device)
+    model = for_decoding(model, args.quantize, device)
     rows = []
     amps = args.amp if device.type == "cuda" else usable_amps(args.amp, cuda=False)
     if not amps:

@@ -64,7 +64,7 @@ def evaluate(
             from nmt.context import checkpoint_window
             from nmt.device import pick_device
             from nmt.ensemble import load_models
-            from nmt.translate import SearchOptions, Translator
+            from nmt.translate import SearchOptions, Translator, for_decoding
 
             sources = read_lines(src)
             if len(sources) != len(refs):  # before translating them all
@@ -75,7 +75,7 @@ def evaluate(
                 sources = window.add(sources, 0)
             given = dict(beam=beam, alpha=length_penalty, coverage_penalty=coverage_penalty)
             opts = SearchOptions(**{k: v for k, v in given.items() if v is not None})  # the rest: its defaults
-            hyps = Translator(net.to(dev), vocab, opts, device=dev).translate(sources)
+            hyps = Translator(for_decoding(net, "none", dev), vocab, opts, device=dev).translate(sources)
         result = score(hyps, refs, ("bleu", "chrf", "ter") if ter else ("bleu", "chrf"))
         if as_json:
             typer.echo(json.dumps({k: {"score": v["score"], "signature": v["signature"]} for k, v in result.items()}))

@@ -81,7 +81,7 @@ def translate(
     from nmt.ensemble import ensemble_head_source, load_models
     from nmt.errors import NmtError
     from nmt.guided import default_heads
-    from nmt.translate import SearchOptions, Translator, quantize as quantize_model, read_chunks
+    from nmt.translate import SearchOptions, Translator, for_decoding, read_chunks
 
     with guard():
         input, output = (None if path is not None and str(path) == "-" else path for path in (input, output))
@@ -96,7 +96,7 @@ def translate(
         net, vocab, ckpts = load_models(model)
         ckpt = ckpts[0]
         align_layer, align_heads = default_heads(ensemble_head_source(net, ckpts, dev), align_layer, align_heads)
-        net = quantize_model(net.to(dev), quantize, dev)
+        net = for_decoding(net, quantize, dev)
         opts = SearchOptions(beam=beam, alpha=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                              n_best=n_best if sample else min(n_best, beam), batch_size=batch_size,
                              batch_tokens=batch_tokens, coverage_penalty=coverage_penalty, amp=amp, workers=workers,

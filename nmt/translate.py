@@ -101,6 +101,18 @@ def quantize(model, mode: str, device):
         return quantize_dynamic(model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8, inplace=True)
 
 
+def for_decoding(model, quantize_mode: str, device):
+    """The model as decoding runs it: on ``device``, quantised as ``quantize_mode`` asks
+    (:func:`quantize`), and on a CPU its fp32 linear layers through oneDNN (:mod:`nmt.onednn`;
+    beam 5 on the 2-core AMD CPU: about 1.5x the sentences/s of MKL's fp32 products)."""
+    model = quantize(model.to(device), quantize_mode, device)
+    if torch.device(device).type == "cpu":
+        from nmt.onednn import use_onednn
+
+        use_onednn(model)
+    return model
+
+
 def length_batches(lengths: list[int], max_sentences: int, max_tokens: int = 0) -> list[list[int]]:
     """Cut positions ``0..n-1`` of length-sorted ``lengths`` into consecutive batches of at most
     ``max_sentences`` sentences and (when ``max_tokens`` > 0) at most ``max_tokens`` tokens counted

@@ -65,16 +65,17 @@ def build_model(kind: str, config) -> nn.Module:
     return model_cls(config)
 
 
-def untie_output(model: nn.Module) -> nn.Module:
+def untie_output(model: nn.Module, copy: bool = True) -> nn.Module:
     """Give a model whose output layer is tied to its embedding matrix (``model.output is None``,
-    logits = h E^T) its own ``nn.Linear`` holding a copy of E, so that module-level transforms for
-    decoding (dynamic int8) reach the largest matrix too; every such model inside ``model`` (the
-    members of an ensemble) likewise. Same logits; for inference only (training would update the
-    two copies apart). Every model reads ``model.output`` when it is set."""
+    logits = h E^T) its own ``nn.Linear`` holding a copy of E (``copy=False``: E itself, shared), so
+    that module-level transforms for decoding (dynamic int8, :mod:`nmt.onednn`) reach the largest
+    matrix too; every such model inside ``model`` (the members of an ensemble) likewise. Same logits;
+    for inference only (training would update two copies apart). Every model reads ``model.output``
+    when it is set."""
     for m in [m for m in model.modules() if getattr(m, "output", False) is None and hasattr(m, "embed")]:
         weight = m.embed.weight  # (V, D)
-        m.output = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
-        m.output.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        m.output = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        m.output.weight = nn.Parameter(weight.detach().clone(), requires_grad=False) if copy else weight
     return model
 
 

@@ -1,0 +1,95 @@
+"""fp32 linear layers through oneDNN for CPU decoding (nmt.onednn)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+from torch import nn
+
+from conftest import random_batch, tiny_transformer
+from nmt.onednn import OneDnnLinear, onednn_linear, onednn_usable, padded_rows, use_onednn
+from nmt.search import beam_search
+from test_lstm import tiny_lstm
+
+needs_onednn = pytest.mark.skipif(not onednn_usable(), reason="oneDNN's linear operator is not usable here")
+
+
+def test_padded_rows_examples():
+    assert [padded_rows(m) for m in (1, 63, 64, 65, 640, 1023, 1024, 1025, 2048, 2049)] == \
+        [64, 64, 64, 128, 640, 1024, 1024, 1152, 2048, 2304]
+
+
+@given(st.integers(1, 1 << 20))
+def test_padded_rows_wastes_little(m):
+    p = padded_rows(m)
+    assert p % 64 == 0 and m <= p < m + max(64, m / 8)
+
+
+def test_padded_rows_gives_few_shapes():
+    # 16 multiples of 64 up to 1,024, then 8 sizes per power of two: 16 + 8 * 6 up to 65,536 rows
+    assert len({padded_rows(m) for m in range(1, (1 << 16) + 1)}) == 16 + 8 * 6
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,bias", [((5, 16), True), ((3, 7, 16), False), ((1, 16), True), ((130, 16), True)])
+def test_onednn_linear_matches_f_linear(shape, bias):
+    torch.manual_seed(0)
+    x, w = torch.randn(*shape), torch.randn(24, 16)
+    b = torch.randn(24) if bias else None
+    y = onednn_linear(x, w, b)
+    assert y.shape == (*shape[:-1], 24)
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("make", [tiny_transformer, tiny_lstm], ids=["transformer", "lstm"])
+def test_a_converted_model_searches_as_before(make):
+    torch.manual_seed(0)
+    plain = make().eval()
+    fast = use_onednn(copy.deepcopy(plain))
+    assert not any(type(m) is nn.Linear for m in fast.modules())
+    assert any(isinstance(m, OneDnnLinear) for m in fast.modules())
+    assert fast.output.weight is fast.embed.weight  # the tied output layer shares the matrix, no copy
+    src, _ = random_batch()
+    a, b = beam_search(plain, src, beam=3, n_best=3), beam_search(fast, src, beam=3, n_best=3)
+    assert [[h.tokens for h in s] for s in a] == [[h.tokens for h in s] for s in b]
+    for s, t in zip(a, b):
+        for h, g in zip(s, t):
+            assert h.score == pytest.approx(g.score, abs=1e-5)
+
+
+@needs_onednn
+def test_training_and_autocast_take_the_usual_path():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8)
+    fast = use_onednn(nn.Sequential(copy.deepcopy(layer)))[0]
+    x = torch.randn(4, 16, requires_grad=True)
+    fast(x).sum().backward()  # oneDNN's operator has no backward: training must not reach it
+    x2 = x.detach().clone().requires_grad_()
+    layer(x2).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, layer.weight.grad)
+    torch.testing.assert_close(x.grad, x2.grad)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(torch.randn(4, 16)).dtype == torch.bfloat16  # autocast still decides the precision
+
+
+def test_nmt_onednn_0_leaves_the_model_alone(monkeypatch):
+    monkeypatch.setenv("NMT_ONEDNN", "0")
+    assert not onednn_usable()
+    m = use_onednn(tiny_transformer())
+    assert m.output is None and all(type(x) is not OneDnnLinear for x in m.modules())
+
+
+@needs_onednn
+def test_for_decoding_quantises_first_and_converts_only_what_stays_float():
+    from nmt.translate import for_decoding
+
+    m = for_decoding(tiny_lstm(), "int8", "cpu")
+    kinds = {type(x).__name__ for x in m.modules()}
+    assert "OneDnnLinear" not in kinds and "Linear" in kinds  # the int8 layers (torch.ao's Linear)
+    src, _ = random_batch()
+    assert len(beam_search(m, src, beam=2)) == src.shape[0]
