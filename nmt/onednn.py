@@ -1,7 +1,7 @@
 """fp32 linear layers through oneDNN for CPU decoding.
 
-torch runs a CPU ``nn.Linear`` in fp32 through its BLAS, Intel MKL, which on an AMD CPU takes a
-code path without AVX-512. oneDNN, which torch also ships (for bf16 and int8), picks its kernels by
+torch runs a CPU ``nn.Linear`` in fp32 through its BLAS, Intel MKL, which on an AMD CPU with
+AVX-512 runs at the rate of AVX2 code (about 32 FLOP per cycle and core). oneDNN, which torch also ships (for bf16 and int8), picks its kernels by
 the instruction sets the CPU has. Measured on 2 cores of an AMD EPYC (Zen 5, AVX-512), one
 thread, fp32, ``y = x W^T + b`` with ``x`` (640, 256) and ``W`` (8000, 256) or (1024, 256):
 MKL 91-106 GFLOP/s, oneDNN 198-232, with the same accuracy against a float64 product (largest error
@@ -9,8 +9,8 @@ MKL 91-106 GFLOP/s, oneDNN 198-232, with the same accuracy against a float64 pro
 (``NMT_ONEDNN=0`` for the MKL path).
 
 :func:`use_onednn` gives every plain ``nn.Linear`` of a model a forward that calls oneDNN when no
-gradient is wanted (inference mode, ``no_grad``), the input and weights are fp32 on a CPU and no
-autocast is on; anything else (training, a GPU, bf16 autocast) is the usual ``F.linear``. Weights
+gradient is wanted (inference mode, ``no_grad``), the input and weights are fp32 on a CPU, no
+autocast is on and the product has at most :data:`MAX_ROWS` rows (a decoding step's); anything else (training, a GPU, bf16 autocast, the encoder's large products) is the usual ``F.linear``. Weights
 and state dict stay as they are. Dynamically quantised layers are not plain ``nn.Linear`` and are
 left alone.
 """
@@ -34,16 +34,20 @@ def onednn_usable() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+MAX_ROWS = 1024  # larger products (the encoder's: sentences x source length) stay with MKL
+
+
 def padded_rows(m: int) -> int:
-    """The row count a product of ``m`` rows is computed with: ``m`` rounded up to a multiple of 64
-    below 1,024 rows, above that to one of 8 sizes per power of two (at most 1/8 more rows).
+    """The row count a product of ``m`` rows (at most :data:`MAX_ROWS`) is computed with: ``m``
+    rounded up to a multiple of 64.
 
     oneDNN builds and keeps a primitive per product shape, and in decoding the row count changes at
-    nearly every step (beams x live sentences, sentences x source length), so without rounding the
-    memory grew with the number of shapes seen: beam 5, 1,000 sentences, 2 cores, peak RSS 721 MB
-    against 438 MB with MKL; rounded 445 MB, at the same speed (3.85 s against 3.78 s unrounded)."""
-    step = max(64, 1 << max(0, m.bit_length() - 4))
-    return -(-m // step) * step
+    nearly every step (beams x live sentences), so without rounding the memory grew with the number
+    of shapes seen: beam 5, 1,000 sentences, 2 cores, decoding in-process, peak RSS 721 MB against
+    438 MB with MKL; rounded 445-468 MB, at about the same speed. The encoder's larger products
+    through oneDNN added 30-50 MB more to a greedy ``nmt translate`` (485-503 against 451-458 MB) for
+    no speed that the runs could tell apart, hence :data:`MAX_ROWS`."""
+    return -(-m // 64) * 64
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -63,7 +67,8 @@ class OneDnnLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if (not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and x.numel() <= MAX_ROWS * x.shape[-1]):
             return onednn_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
