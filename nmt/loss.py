@@ -7,6 +7,7 @@ from torch import Tensor
 
 from typing import TYPE_CHECKING
 
+from nmt.onednn import matmul_nt
 from nmt.vocab import PAD_ID
 
 if TYPE_CHECKING:
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 CHUNK_ELEMENTS = 2**22
 """Logits held at once by :func:`linear_label_smoothed_nll`: 16 MiB of fp32, about a CPU's shared
-L3 cache (at V = 8000, 524 rows). On the 2-core EPYC, (2875, 256) x (8000, 256) forward + backward,
+L3 cache (at V = 8000, 512 rows: the rows are rounded down to a multiple of 64). On the 2-core EPYC, (2875, 256) x (8000, 256) forward + backward,
 chunked time / logits-path time in two sweeps (``measure_output_layer`` of ``bench/loss_speed.py``,
 5 repeats): 131 rows 1.03, 0.94; 262 rows 0.97, 0.89; 524 rows 0.88, 0.86; 1048 rows 0.86, 0.91."""
 
@@ -88,13 +89,13 @@ def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_
     padding), with ``w (V, D)``, one chunk of rows at a time; with ``want_grad`` also the
     gradients of the loss sum in fp32, ``(N, D)`` for h and ``(V, D)`` for w. h and w are in the
     dtype to multiply in; the softmax runs in fp32."""
-    rows = max(1, CHUNK_ELEMENTS // w.shape[0])
+    rows = max(64, CHUNK_ELEMENTS // w.shape[0] // 64 * 64)  # a multiple of 64: few product shapes (nmt.onednn)
     loss, nll = h.new_zeros((), dtype=torch.float32), h.new_zeros((), dtype=torch.float32)
     grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if want_grad else None
     grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_grad else None
     for start in range(0, h.shape[0], rows):
         h_c, t_c = h[start : start + rows], target[start : start + rows]  # (n, D), (n,)
-        p, loss_c, nll_c = _smoothed_rows((h_c @ w.t()).float(), t_c, eps)  # p (n, V)
+        p, loss_c, nll_c = _smoothed_rows(matmul_nt(h_c, w).float(), t_c, eps)  # p (n, V)
         loss, nll = loss + loss_c.sum(), nll + nll_c.sum()
         if want_grad:  # d loss / d logits = p - (1 - eps) onehot(y) - eps / V, edited into p
             if eps:
@@ -102,8 +103,8 @@ def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_
             p.scatter_add_(1, t_c[:, None], torch.full_like(p[:, :1], -(1 - eps)))
             g = p.to(h.dtype)
             if g.dtype == torch.float32:
-                torch.mm(g, w, out=grad_h[start : start + rows])  # (n, D)
-                grad_w.addmm_(g.t(), h_c)  # (V, D)
+                grad_h[start : start + rows] = matmul_nt(g, w.t())  # (n, D)
+                grad_w.addmm_(g.t(), h_c)  # (V, D): torch's, faster than oneDNN's at this shape
             else:  # bf16/fp16 products, kept and summed over chunks in fp32
                 grad_h[start : start + rows] = g @ w
                 grad_w += (g.t() @ h_c).float()

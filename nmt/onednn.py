@@ -1,18 +1,21 @@
-"""fp32 linear layers through oneDNN for CPU decoding.
+"""fp32 linear layers through oneDNN on a CPU, for training and decoding.
 
 torch runs a CPU ``nn.Linear`` in fp32 through its BLAS, Intel MKL, which on an AMD CPU with
-AVX-512 runs at the rate of AVX2 code (about 32 FLOP per cycle and core). oneDNN, which torch also ships (for bf16 and int8), picks its kernels by
-the instruction sets the CPU has. Measured on 2 cores of an AMD EPYC (Zen 5, AVX-512), one
-thread, fp32, ``y = x W^T + b`` with ``x`` (640, 256) and ``W`` (8000, 256) or (1024, 256):
-MKL 91-106 GFLOP/s, oneDNN 198-232, with the same accuracy against a float64 product (largest error
-5.6e-5 vs 3.8e-5 for MKL, on values of size ~16). ``bench/decode.py`` measures the whole effect
-(``NMT_ONEDNN=0`` for the MKL path).
+AVX-512 runs at the rate of AVX2 code (about 32 FLOP per cycle and core). oneDNN, which torch also
+ships (for bf16 and int8), picks its kernels by the instruction sets the CPU has. Measured on 2
+cores of an AMD EPYC (Zen 5, AVX-512), fp32, ``y = x W^T + b``: one thread, ``x`` (640, 256) and ``W``
+(8000, 256) or (1024, 256), MKL 91-106 GFLOP/s, oneDNN 198-232, with the same accuracy against a
+float64 product (largest error 5.6e-5 vs 3.8e-5 for MKL, on values of size ~16); two threads,
+2048^3, MKL 207-210, oneDNN 463-465. ``bench/decode.py`` and ``bench/train_throughput.py`` measure
+the whole effect (``NMT_ONEDNN=0`` for the MKL path).
 
-:func:`use_onednn` gives every plain ``nn.Linear`` of a model a forward that calls oneDNN when no
-gradient is wanted (inference mode, ``no_grad``), the input and weights are fp32 on a CPU, no
-autocast is on and the product has at most :data:`MAX_ROWS` rows (a decoding step's); anything else (training, a GPU, bf16 autocast, the encoder's large products) is the usual ``F.linear``. Weights
-and state dict stay as they are. Dynamically quantised layers are not plain ``nn.Linear`` and are
-left alone.
+:func:`use_onednn` gives every plain ``nn.Linear`` of a model a forward that multiplies fp32 CPU
+tensors (no autocast) by oneDNN: with gradients through :class:`OneDnnLinearFunction` (training),
+without through :func:`onednn_linear` for products of at most :data:`MAX_ROWS` rows (a decoding
+step's). Anything else (a GPU, bf16 autocast, the encoder's large products while decoding) is the
+usual ``F.linear``. Weights and state dict stay as they are. Dynamically quantised layers are not
+plain ``nn.Linear`` and are left alone. :func:`matmul_nt` serves the products of the chunked
+output-layer loss.
 """
 
 from __future__ import annotations
@@ -34,55 +37,102 @@ def onednn_usable() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-MAX_ROWS = 1024  # larger products (the encoder's: sentences x source length) stay with MKL
+MAX_ROWS = 1024  # decoding: larger products (the encoder's: sentences x source length) stay with MKL
 
 
 def padded_rows(m: int) -> int:
-    """The row count a product of ``m`` rows (at most :data:`MAX_ROWS`) is computed with: ``m``
-    rounded up to a multiple of 64.
+    """The row count a product of ``m`` rows is computed with: ``m`` rounded up to a multiple of 64
+    below 1,024 rows, above that to one of 8 sizes per power of two (at most 1/8 more rows).
 
-    oneDNN builds and keeps a primitive per product shape, and in decoding the row count changes at
-    nearly every step (beams x live sentences), so without rounding the memory grew with the number
-    of shapes seen: beam 5, 1,000 sentences, 2 cores, decoding in-process, peak RSS 721 MB against
-    438 MB with MKL; rounded 445-468 MB, at about the same speed. The encoder's larger products
-    through oneDNN added 30-50 MB more to a greedy ``nmt translate`` (485-503 against 451-458 MB) for
-    no speed that the runs could tell apart, hence :data:`MAX_ROWS`."""
-    return -(-m // 64) * 64
+    oneDNN builds and keeps a primitive per product shape, and the row count changes at nearly every
+    decoding step (beams x live sentences) and every training batch, so without rounding the memory
+    grew with the number of shapes seen: beam 5, 1,000 sentences, 2 cores, decoding in-process, peak
+    RSS 721 MB against 438 MB with MKL; rounded 445-468 MB, at about the same speed."""
+    step = max(64, 1 << max(0, m.bit_length() - 4))
+    return -(-m // step) * step
 
 
-def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x W^T + b`` by oneDNN: x ``(..., K)``, weight ``(N, K)``, bias ``(N,)`` or None -> ``(..., N)``.
-    fp32 CPU tensors; no gradient (oneDNN's operator has no backward in torch). The rows are padded
-    with zeros to :func:`padded_rows` and the extra output rows dropped."""
+def _product(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``rows W^T + b`` by oneDNN: rows ``(M, K)`` (any strides), weight ``(N, K)`` -> ``(M, N)``."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+def _padded(x: Tensor) -> tuple[Tensor, int]:
+    """x ``(..., K)`` as rows ``(M', K)``, zero-padded to ``M' = padded_rows(M)``, and ``M``."""
     rows = x.reshape(-1, x.shape[-1])  # (M, K)
     m = rows.shape[0]
     if (pad := padded_rows(m) - m) > 0:
         rows = F.pad(rows, (0, 0, 0, pad))  # (M', K)
-    y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")  # (M', N)
-    return y[:m].view(*x.shape[:-1], weight.shape[0])
+    return rows, m
+
+
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x W^T + b`` by oneDNN: x ``(..., K)``, weight ``(N, K)``, bias ``(N,)`` or None -> ``(..., N)``.
+    fp32 CPU tensors; no gradient (see :class:`OneDnnLinearFunction` for one). The rows are padded
+    with zeros to :func:`padded_rows` and the extra output rows dropped."""
+    rows, m = _padded(x)
+    return _product(rows, weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
+
+
+def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b^T`` with no gradient: a ``(M, K)``, b ``(N, K)`` (any strides) -> ``(M, N)``; by oneDNN
+    for fp32 CPU tensors where :func:`onednn_usable`, else torch's matmul. For products inside an
+    autograd function of their own (the chunked output-layer loss, :mod:`nmt.loss`)."""
+    if a.dtype == b.dtype == torch.float32 and a.device.type == "cpu" and onednn_usable():
+        return onednn_linear(a, b, None)
+    return a @ b.t()
+
+
+class OneDnnLinearFunction(torch.autograd.Function):
+    """:func:`onednn_linear` with its gradients, each one oneDNN product over the padded rows
+    (padding rows are zero in x and in the incoming gradient, so they add nothing):
+    ``dx = dy W`` ``(M, K)``, ``dW = dy^T x`` ``(N, K)``, ``db = sum_rows dy`` ``(N,)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows, m = _padded(x)  # (M', K)
+        ctx.save_for_backward(rows, weight)
+        ctx.m, ctx.has_bias = m, bias is not None
+        return _product(rows, weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, weight = ctx.saved_tensors  # (M', K), (N, K)
+        g = grad.reshape(-1, grad.shape[-1])  # (M, N)
+        if (pad := rows.shape[0] - ctx.m) > 0:
+            g = F.pad(g, (0, 0, 0, pad))  # (M', N)
+        grad_x = _product(g, weight.t(), None)[: ctx.m].view(*grad.shape[:-1], weight.shape[1])  # (..., K)
+        grad_w = _product(g.t(), rows.t(), None)  # (N, K)
+        return grad_x, grad_w, g.sum(0) if ctx.has_bias else None
 
 
 class OneDnnLinear(nn.Linear):
-    """An ``nn.Linear`` whose inference forward on fp32 CPU tensors is :func:`onednn_linear`."""
+    """An ``nn.Linear`` whose products on fp32 CPU tensors (no autocast) are oneDNN's: with
+    gradients by :class:`OneDnnLinearFunction`, without (decoding) by :func:`onednn_linear` up to
+    :data:`MAX_ROWS` rows."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and x.numel() <= MAX_ROWS * x.shape[-1]):
-            return onednn_linear(x, self.weight, self.bias)
+        if (x.dtype == torch.float32 and x.device.type == "cpu" and self.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu")):
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return OneDnnLinearFunction.apply(x, self.weight, self.bias)
+            if x.numel() <= MAX_ROWS * x.shape[-1]:
+                return onednn_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
-def use_onednn(model: nn.Module) -> nn.Module:
+def use_onednn(model: nn.Module, untie: bool = True) -> nn.Module:
     """Turn every plain ``nn.Linear`` in ``model`` into a :class:`OneDnnLinear` (in place; same
-    parameters), after giving a tied output layer its own ``nn.Linear`` over the embedding matrix
-    (:func:`nmt.models.untie_output`, sharing it: the vocabulary projection is the largest product of
-    a decoding step). For decoding only: nothing changes where :func:`onednn_usable` is false."""
+    parameters and state dict). ``untie`` (decoding only): first give a tied output layer its own
+    ``nn.Linear`` over the embedding matrix (:func:`nmt.models.untie_output`, sharing it: the
+    vocabulary projection is the largest product of a decoding step); training leaves it tied (its
+    output product is the loss's). Nothing changes where :func:`onednn_usable` is false."""
     if not onednn_usable():
         return model
-    from nmt.models import untie_output
+    if untie:
+        from nmt.models import untie_output
 
-    untie_output(model, copy=False)
+        untie_output(model, copy=False)
     for m in model.modules():
         if type(m) is nn.Linear:
             m.__class__ = OneDnnLinear

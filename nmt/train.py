@@ -31,6 +31,7 @@ from nmt.guided import alignment_loss
 from nmt.loss import coverage_loss, fuse_output_projection, output_loss
 from nmt.models import build_model
 from nmt.multisource import drop_sources
+from nmt.onednn import use_onednn
 from nmt.run_files import RunFiles
 from nmt.runtime import Stop, peak_rss_mb
 from nmt.schedules import SCHEDULES
@@ -68,6 +69,9 @@ class Trainer(RunFiles):
         check_amp(self.model, self.device, self.tc.amp)
         # bidirectional agreement (nmt.agreement): a target->source model of the same shape, trained alongside
         self.reverse = build_model(config.model_kind, config.model).to(self.device) if self.tc.agreement > 0 else None
+        if self.device.type == "cpu":  # fp32 products through oneDNN (nmt.onednn); the state dict is unchanged
+            for m in filter(None, (self.model, self.reverse)):
+                use_onednn(m, untie=False)
         if self.tc.guided_alignment > 0 or self.tc.agreement > 0:
             self._check_head(data_dir)
         # train.ema: the moving average of the weights (nmt.ema), validated and saved by rank 0 only

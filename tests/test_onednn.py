@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from torch import nn
 
 from conftest import random_batch, tiny_transformer
-from nmt.onednn import MAX_ROWS, OneDnnLinear, onednn_linear, onednn_usable, padded_rows, use_onednn
+from nmt.onednn import MAX_ROWS, OneDnnLinear, matmul_nt, onednn_linear, onednn_usable, padded_rows, use_onednn
 from nmt.search import beam_search
 from test_lstm import tiny_lstm
 
@@ -19,13 +19,19 @@ needs_onednn = pytest.mark.skipif(not onednn_usable(), reason="oneDNN's linear o
 
 
 def test_padded_rows_examples():
-    assert [padded_rows(m) for m in (1, 63, 64, 65, 640, 1023, 1024)] == [64, 64, 64, 128, 640, 1024, 1024]
+    assert [padded_rows(m) for m in (1, 63, 64, 65, 640, 1023, 1024, 1025, 2048, 2049)] == \
+        [64, 64, 64, 128, 640, 1024, 1024, 1152, 2048, 2304]
 
 
-@given(st.integers(1, MAX_ROWS))
+@given(st.integers(1, 1 << 20))
 def test_padded_rows_wastes_little(m):
     p = padded_rows(m)
-    assert p % 64 == 0 and m <= p < m + 64 and p <= MAX_ROWS
+    assert p % 64 == 0 and m <= p < m + max(64, m / 8)
+
+
+def test_padded_rows_gives_few_shapes():
+    # 16 multiples of 64 up to 1,024, then 8 sizes per power of two: 16 + 8 * 6 up to 65,536 rows
+    assert len({padded_rows(m) for m in range(1, (1 << 16) + 1)}) == 16 + 8 * 6
 
 
 @needs_onednn
@@ -69,18 +75,55 @@ def test_a_converted_model_searches_as_before(make):
 
 
 @needs_onednn
-def test_training_and_autocast_take_the_usual_path():
+@pytest.mark.parametrize("shape,bias", [((70, 16), True), ((3, 7, 16), False), ((1100, 16), True)])
+def test_training_gradients_match_a_float64_linear(shape, bias):
     torch.manual_seed(0)
-    layer = nn.Linear(16, 8)
+    layer = nn.Linear(16, 8, bias=bias)
     fast = use_onednn(nn.Sequential(copy.deepcopy(layer)))[0]
-    x = torch.randn(4, 16, requires_grad=True)
-    fast(x).sum().backward()  # oneDNN's operator has no backward: training must not reach it
-    x2 = x.detach().clone().requires_grad_()
-    layer(x2).sum().backward()
-    torch.testing.assert_close(fast.weight.grad, layer.weight.grad)
-    torch.testing.assert_close(x.grad, x2.grad)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast(torch.randn(4, 16)).dtype == torch.bfloat16  # autocast still decides the precision
+    x = torch.randn(*shape, requires_grad=True)
+    y = fast(x)
+    assert y.grad_fn is not None and "OneDnn" in type(y.grad_fn).__name__  # oneDNN's products, with gradients
+    upstream = torch.randn(y.shape)
+    (y * upstream).sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_()
+    b64 = layer.bias.detach().double().requires_grad_() if bias else None
+    y64 = F.linear(x64, w64, b64)
+    (y64 * upstream.double()).sum().backward()
+    close = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y.double(), y64, **close)
+    torch.testing.assert_close(x.grad.double(), x64.grad, **close)
+    torch.testing.assert_close(fast.weight.grad.double(), w64.grad, **close)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad.double(), b64.grad, **close)
+
+
+@needs_onednn
+def test_autocast_still_decides_the_precision():
+    fast = use_onednn(nn.Sequential(nn.Linear(16, 8)))[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(torch.randn(4, 16, requires_grad=True)).dtype == torch.bfloat16
+        with torch.inference_mode():
+            assert fast(torch.randn(4, 16)).dtype == torch.bfloat16
+
+
+@needs_onednn
+def test_matmul_nt_is_a_times_b_transposed(monkeypatch):
+    torch.manual_seed(0)
+    a, b = torch.randn(70, 16), torch.randn(8, 16)
+    torch.testing.assert_close(matmul_nt(a, b), a @ b.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matmul_nt(a, b.t().contiguous().t()), a @ b.t(), rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("NMT_ONEDNN", "0")
+    assert torch.equal(matmul_nt(a, b), a @ b.t())  # torch's own product
+
+
+@needs_onednn
+def test_a_training_model_keeps_its_state_dict_and_tied_output():
+    from nmt.models.transformer import Transformer
+
+    m = use_onednn(tiny_transformer(), untie=False)
+    assert m.output is None and set(m.state_dict()) == set(tiny_transformer().state_dict())
+    assert isinstance(m, Transformer)
 
 
 def test_nmt_onednn_0_leaves_the_model_alone(monkeypatch):
