@@ -1,7 +1,7 @@
 """fp32 linear layers through oneDNN on a CPU, for training and decoding.
 
 torch runs a CPU ``nn.Linear`` in fp32 through its BLAS, Intel MKL, which on an AMD CPU with
-AVX-512 runs at the rate of AVX2 code (about 32 FLOP per cycle and core). oneDNN, which torch also
+AVX-512 ran at about the rate AVX2 code can reach (32 FLOP per cycle and core), half of oneDNN's. oneDNN, which torch also
 ships (for bf16 and int8), picks its kernels by the instruction sets the CPU has. Measured on 2
 cores of an AMD EPYC (Zen 5, AVX-512), fp32, ``y = x W^T + b``: one thread, ``x`` (640, 256) and ``W``
 (8000, 256) or (1024, 256), MKL 91-106 GFLOP/s, oneDNN 198-232, with the same accuracy against a

@@ -104,7 +104,8 @@ def quantize(model, mode: str, device):
 def for_decoding(model, quantize_mode: str, device):
     """The model as decoding runs it: on ``device``, quantised as ``quantize_mode`` asks
     (:func:`quantize`), and on a CPU its fp32 linear layers through oneDNN (:mod:`nmt.onednn`;
-    beam 5 on the 2-core AMD CPU: about 1.5x the sentences/s of MKL's fp32 products)."""
+    beam 5 on the 2-core AMD EPYC, 1,000 sentences, a whole ``nmt translate``: 5.3 s against 7.0 s
+    with MKL's fp32 products, the same output)."""
     model = quantize(model.to(device), quantize_mode, device)
     if torch.device(device).type == "cpu":
         from nmt.onednn import use_onednn
