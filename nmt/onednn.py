@@ -101,9 +101,10 @@ class OneDnnLinearFunction(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])  # (M, N)
         if (pad := rows.shape[0] - ctx.m) > 0:
             g = F.pad(g, (0, 0, 0, pad))  # (M', N)
-        grad_x = _product(g, weight.t(), None)[: ctx.m].view(*grad.shape[:-1], weight.shape[1])  # (..., K)
-        grad_w = _product(g.t(), rows.t(), None)  # (N, K)
-        return grad_x, grad_w, g.sum(0) if ctx.has_bias else None
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = _product(g, weight.t(), None)[: ctx.m].view(*grad.shape[:-1], weight.shape[1]) if need_x else None
+        grad_w = _product(g.t(), rows.t(), None) if need_w else None  # (N, K)
+        return grad_x, grad_w, g.sum(0) if ctx.has_bias and need_b else None  # (..., K), (N, K), (N,)
 
 
 class OneDnnLinear(nn.Linear):

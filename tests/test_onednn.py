@@ -99,6 +99,15 @@ def test_training_gradients_match_a_float64_linear(shape, bias):
 
 
 @needs_onednn
+def test_a_frozen_weight_gets_no_gradient():
+    fast = use_onednn(nn.Sequential(nn.Linear(16, 8)))[0].requires_grad_(False)
+    x = torch.randn(70, 16, requires_grad=True)
+    fast(x).sum().backward()
+    assert fast.weight.grad is None and fast.bias.grad is None
+    torch.testing.assert_close(x.grad, fast.weight.detach().sum(0).expand(70, 16), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
 def test_autocast_still_decides_the_precision():
     fast = use_onednn(nn.Sequential(nn.Linear(16, 8)))[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
