@@ -7,7 +7,7 @@ from torch import Tensor
 
 from typing import TYPE_CHECKING
 
-from nmt.onednn import matmul_nt
+from nmt.onednn import matmul_nt, matmul_tn, prepack
 from nmt.vocab import PAD_ID
 
 if TYPE_CHECKING:
@@ -92,10 +92,12 @@ def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_
     rows = max(64, CHUNK_ELEMENTS // w.shape[0] // 64 * 64)  # a multiple of 64: few product shapes (nmt.onednn)
     loss, nll = h.new_zeros((), dtype=torch.float32), h.new_zeros((), dtype=torch.float32)
     grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if want_grad else None
-    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_grad else None
+    grad_w = None
+    w_nt = prepack(w, rows)  # (V, D), reordered once for all chunks' products (fp32 on a CPU)
+    w_t = prepack(w.t(), rows) if want_grad else None  # (D, V)
     for start in range(0, h.shape[0], rows):
         h_c, t_c = h[start : start + rows], target[start : start + rows]  # (n, D), (n,)
-        p, loss_c, nll_c = _smoothed_rows(matmul_nt(h_c, w).float(), t_c, eps)  # p (n, V)
+        p, loss_c, nll_c = _smoothed_rows(matmul_nt(h_c, w_nt).float(), t_c, eps)  # p (n, V)
         loss, nll = loss + loss_c.sum(), nll + nll_c.sum()
         if want_grad:  # d loss / d logits = p - (1 - eps) onehot(y) - eps / V, edited into p
             if eps:
@@ -103,11 +105,14 @@ def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_
             p.scatter_add_(1, t_c[:, None], torch.full_like(p[:, :1], -(1 - eps)))
             g = p.to(h.dtype)
             if g.dtype == torch.float32:
-                grad_h[start : start + rows] = matmul_nt(g, w.t())  # (n, D)
-                grad_w.addmm_(g.t(), h_c)  # (V, D): torch's, faster than oneDNN's at this shape
+                grad_h[start : start + rows] = matmul_nt(g, w_t)  # (n, D)
+                grad_w_c = matmul_tn(g, h_c)  # (V, D)
             else:  # bf16/fp16 products, kept and summed over chunks in fp32
                 grad_h[start : start + rows] = g @ w
-                grad_w += (g.t() @ h_c).float()
+                grad_w_c = (g.t() @ h_c).float()  # (V, D)
+            grad_w = grad_w_c if grad_w is None else grad_w.add_(grad_w_c)
+    if want_grad and grad_w is None:  # no rows
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
     return loss, nll, grad_h, grad_w
 
 

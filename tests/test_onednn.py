@@ -11,7 +11,8 @@ from hypothesis import given, strategies as st
 from torch import nn
 
 from conftest import random_batch, tiny_transformer
-from nmt.onednn import MAX_ROWS, OneDnnLinear, matmul_nt, onednn_linear, onednn_usable, padded_rows, use_onednn
+from nmt.onednn import (MAX_ROWS, OneDnnLinear, matmul_nt, matmul_tn, onednn_linear, onednn_usable, padded_rows, prepack,
+                        use_onednn)
 from nmt.search import beam_search
 from test_lstm import tiny_lstm
 
@@ -75,10 +76,11 @@ def test_a_converted_model_searches_as_before(make):
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape,bias", [((70, 16), True), ((3, 7, 16), False), ((1100, 16), True)])
-def test_training_gradients_match_a_float64_linear(shape, bias):
+@pytest.mark.parametrize("shape,bias,out", [((70, 16), True, 8), ((3, 7, 16), False, 8), ((1100, 16), True, 8),
+                                             ((70, 16), True, 40), ((3, 7, 16), False, 40)])  # out > in: (x^T dy)^T
+def test_training_gradients_match_a_float64_linear(shape, bias, out):
     torch.manual_seed(0)
-    layer = nn.Linear(16, 8, bias=bias)
+    layer = nn.Linear(16, out, bias=bias)
     fast = use_onednn(nn.Sequential(copy.deepcopy(layer)))[0]
     x = torch.randn(*shape, requires_grad=True)
     y = fast(x)
@@ -124,6 +126,33 @@ def test_matmul_nt_is_a_times_b_transposed(monkeypatch):
     torch.testing.assert_close(matmul_nt(a, b.t().contiguous().t()), a @ b.t(), rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("NMT_ONEDNN", "0")
     assert torch.equal(matmul_nt(a, b), a @ b.t())  # torch's own product
+
+
+@needs_onednn
+@pytest.mark.parametrize("m,n,k", [(70, 8, 16), (70, 40, 16), (64, 16, 16), (1100, 24, 8)])
+def test_matmul_tn_is_a_transposed_times_b(monkeypatch, m, n, k):
+    torch.manual_seed(0)
+    a, b = torch.randn(m, n), torch.randn(m, k)
+    got = matmul_tn(a, b)
+    assert got.shape == (n, k)
+    torch.testing.assert_close(got.double(), a.double().t() @ b.double(), rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("NMT_ONEDNN", "0")
+    assert torch.equal(matmul_tn(a, b), a.t() @ b)  # torch's own product
+
+
+@needs_onednn
+def test_a_prepacked_weight_gives_the_same_products(monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(40, 16)
+    packed, packed_t = prepack(w, 64), prepack(w.t(), 64)
+    assert packed.is_mkldnn and packed.shape == w.shape and packed_t.shape == (16, 40)
+    for rows in (64, 70, 3):  # the row count is only a hint
+        a, g = torch.randn(rows, 16), torch.randn(rows, 40)
+        torch.testing.assert_close(matmul_nt(a, packed), a @ w.t(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(matmul_nt(g, packed_t), g @ w, rtol=1e-5, atol=1e-5)
+    assert prepack(w.double(), 64).dtype == torch.float64 and not prepack(w.double(), 64).is_mkldnn
+    monkeypatch.setenv("NMT_ONEDNN", "0")
+    assert prepack(w, 64) is w  # nothing to pack: torch's products take the matrix as it is
 
 
 @needs_onednn
