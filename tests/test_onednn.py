@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import random_batch, tiny_transformer
 from nmt.onednn import (MAX_ROWS, OneDnnLinear, matmul_nt, matmul_tn, onednn_linear, onednn_usable, padded_rows, prepack,
@@ -116,6 +117,29 @@ def test_autocast_still_decides_the_precision():
         assert fast(torch.randn(4, 16, requires_grad=True)).dtype == torch.bfloat16
         with torch.inference_mode():
             assert fast(torch.randn(4, 16)).dtype == torch.bfloat16
+
+
+@needs_onednn
+def test_bf16_training_pads_the_rows_and_gives_autocasts_gradients():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 40)
+    fast = use_onednn(nn.Sequential(copy.deepcopy(layer)))[0]
+    x = torch.randn(3, 23, 16)  # 69 rows: padded to 128 for the product
+    upstream = torch.randn(3, 23, 40)
+    grads = []
+    for module in (layer, fast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(xi)
+        assert y.dtype == torch.bfloat16 and y.shape == (3, 23, 40)
+        with FlopCounterMode(display=False) as counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            module(xi)
+        assert counter.get_total_flops() == 2 * (69 if module is layer else 128) * 16 * 40
+        (y.float() * upstream).sum().backward()
+        grads.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad))
+    for plain, padded in zip(*grads):
+        assert padded.dtype == plain.dtype
+        torch.testing.assert_close(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)
 
 
 @needs_onednn
