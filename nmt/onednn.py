@@ -14,11 +14,11 @@ tensors (no autocast) by oneDNN: with gradients through :class:`OneDnnLinearFunc
 without through :func:`onednn_linear` for products of at most :data:`MAX_ROWS` rows (a decoding
 step's). Anything else (a GPU, bf16 autocast, the encoder's large products while decoding) is the
 usual ``F.linear``, training under CPU autocast with its rows padded as oneDNN's are here
-(:func:`padded_rows`): torch runs bf16 products as oneDNN primitives too, and the primitive kept per
-row count took the bf16 Transformer's peak RSS to 1.80 GB over 60 updates against 1.40 GB padded
-(at 4-5% of the tokens/s: the padding copies). Weights and state dict stay as they are. Dynamically quantised layers are not
-plain ``nn.Linear`` and are left alone. :func:`matmul_nt` serves the products of the chunked
-output-layer loss.
+(:func:`padded_rows`): torch runs bf16 products as oneDNN primitives too, and the primitive kept
+per row count took the bf16 Transformer's peak RSS to 1.80 GB over 60 updates against 1.40 GB
+padded (for 4-5% of the tokens/s: the padding copies). Weights and state dict stay as they are.
+Dynamically quantised layers are not plain ``nn.Linear`` and are left alone. :func:`matmul_nt`,
+:func:`matmul_tn` and :func:`prepack` serve the products of the chunked output-layer loss.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b^T`` with no gradient: a ``(M, K)``, b ``(N, K)`` (any strides, or :func:`prepack`'s) -> ``(M, N)``; by oneDNN
-    for fp32 CPU tensors where :func:`onednn_usable`, else torch's matmul. For products inside an
-    autograd function of their own (the chunked output-layer loss, :mod:`nmt.loss`)."""
+    """``a @ b^T`` with no gradient: a ``(M, K)``, b ``(N, K)`` (any strides, or :func:`prepack`'s)
+    -> ``(M, N)``; by oneDNN for fp32 CPU tensors where :func:`onednn_usable`, else torch's matmul.
+    For products inside an autograd function of their own (the chunked output-layer loss,
+    :mod:`nmt.loss`)."""
     if b.is_mkldnn or (a.dtype == b.dtype == torch.float32 and a.device.type == "cpu" and onednn_usable()):
         return onednn_linear(a, b, None)  # b: a :func:`prepack` result or a dense matrix
     return a @ b.t()

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import random_batch, tiny_transformer
-from nmt.onednn import (MAX_ROWS, OneDnnLinear, matmul_nt, matmul_tn, onednn_linear, onednn_usable, padded_rows, prepack,
-                        use_onednn)
+from nmt.onednn import (MAX_ROWS, OneDnnLinear, matmul_nt, matmul_tn, onednn_linear, onednn_usable, padded_rows,
+                        prepack, use_onednn)
 from nmt.search import beam_search
 from test_lstm import tiny_lstm
 
