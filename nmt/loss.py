@@ -103,13 +103,9 @@ def _chunked_linear_loss(h: Tensor, w: Tensor, target: Tensor, eps: float, want_
             if eps:
                 p.sub_(eps / p.shape[-1])
             p.scatter_add_(1, t_c[:, None], torch.full_like(p[:, :1], -(1 - eps)))
-            g = p.to(h.dtype)
-            if g.dtype == torch.float32:
-                grad_h[start : start + rows] = matmul_nt(g, w_t)  # (n, D)
-                grad_w_c = matmul_tn(g, h_c)  # (V, D)
-            else:  # bf16/fp16 products, kept and summed over chunks in fp32
-                grad_h[start : start + rows] = g @ w
-                grad_w_c = (g.t() @ h_c).float()  # (V, D)
+            g = p.to(h.dtype)  # (n, V); bf16/fp16 products are kept and summed over chunks in fp32
+            grad_h[start : start + rows] = matmul_nt(g, w_t)  # (n, D)
+            grad_w_c = matmul_tn(g, h_c).float()  # (V, D)
             grad_w = grad_w_c if grad_w is None else grad_w.add_(grad_w_c)
     if want_grad and grad_w is None:  # no rows
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)

@@ -16,7 +16,10 @@ step's). Anything else (a GPU, bf16 autocast, the encoder's large products while
 usual ``F.linear``, training under CPU autocast with its rows padded as oneDNN's are here
 (:func:`padded_rows`): torch runs bf16 products as oneDNN primitives too, and the primitive kept
 per row count took the bf16 Transformer's peak RSS to 1.80 GB over 60 updates against 1.40 GB
-padded (for 4-5% of the tokens/s: the padding copies). Weights and state dict stay as they are.
+padded (for 4-5% of the tokens/s: the padding copies). The loss's bf16 products are padded too
+(:func:`matmul_nt`, :func:`matmul_tn`): unpadded, its last chunk's new row count in nearly every
+batch grew the RSS by about 2 MB an update (500 updates: 2.21 GB against 1.18 GB padded, and on to
+7.7 GB at 2,000). Weights and state dict stay as they are.
 Dynamically quantised layers are not plain ``nn.Linear`` and are left alone. :func:`matmul_nt`,
 :func:`matmul_tn` and :func:`prepack` serve the products of the chunked output-layer loss.
 """
@@ -81,20 +84,32 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return _product(rows, weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
 
 
+def _low_precision_cpu(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are bf16 or fp16 CPU tensors: torch multiplies those by oneDNN too,
+    keeping a primitive per row count, so :func:`matmul_nt` and :func:`matmul_tn` pad their rows
+    to :func:`padded_rows` as for fp32 (the bf16 loss's last chunk has a new row count in nearly
+    every batch)."""
+    return a.device.type == "cpu" and a.dtype == b.dtype and a.dtype in (torch.bfloat16, torch.float16)
+
+
 def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b^T`` with no gradient: a ``(M, K)``, b ``(N, K)`` (any strides, or :func:`prepack`'s)
-    -> ``(M, N)``; by oneDNN for fp32 CPU tensors where :func:`onednn_usable`, else torch's matmul.
-    For products inside an autograd function of their own (the chunked output-layer loss,
+    -> ``(M, N)``; by oneDNN for fp32 CPU tensors where :func:`onednn_usable`, else torch's matmul
+    (bf16/fp16 on a CPU with its rows padded, see :func:`_low_precision_cpu`). For products inside an autograd function of their own (the chunked output-layer loss,
     :mod:`nmt.loss`)."""
     if b.is_mkldnn or (a.dtype == b.dtype == torch.float32 and a.device.type == "cpu" and onednn_usable()):
         return onednn_linear(a, b, None)  # b: a :func:`prepack` result or a dense matrix
+    if _low_precision_cpu(a, b):
+        rows, m = _padded(a)  # (M', K)
+        return (rows @ b.t())[:m]
     return a @ b.t()
 
 
 def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
     """``a^T b``, the weight gradient of a linear layer, with no gradient: a ``(M, N)``, b ``(M, K)``
     -> ``(N, K)``; by oneDNN for fp32 CPU tensors where :func:`onednn_usable` (rows padded to
-    :func:`padded_rows`; the result a transposed view where ``N > K``), else torch's matmul.
+    :func:`padded_rows`; the result a transposed view where ``N > K``), else torch's matmul
+    (bf16/fp16 on a CPU with its rows padded, see :func:`_low_precision_cpu`).
 
     oneDNN contracts over the operands' last dimension, here M, so both go in transposed: the
     second ("weights") it reorders itself, fast, while the first it needs contiguous, a copy by
@@ -102,6 +117,9 @@ def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
     itself 3.6 ms). So the smaller of the two is the one copied: for N > K the product computed
     is ``(b^T a)^T``. On the EPYC, M = 3072: (N, K) = (1024, 256) 6.7 -> 4.6 ms, (768, 256)
     5.0 -> 3.9 ms; MKL's ``a.t() @ b`` 8.3 and 5.9 ms."""
+    if _low_precision_cpu(a, b):
+        (a, _), (b, _) = _padded(a), _padded(b)
+        return a.t() @ b
     if not (a.dtype == b.dtype == torch.float32 and a.device.type == "cpu" and onednn_usable()):
         return a.t() @ b
     (a, _), (b, _) = _padded(a.contiguous()), _padded(b.contiguous())  # zero rows add nothing

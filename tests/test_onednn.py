@@ -164,6 +164,21 @@ def test_matmul_tn_is_a_transposed_times_b(monkeypatch, m, n, k):
     assert torch.equal(matmul_tn(a, b), a.t() @ b)  # torch's own product
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_cpu_products_pad_their_rows(dtype):
+    """torch's bf16/fp16 CPU products are oneDNN primitives, one kept per shape: the loss's products
+    go in with padded_rows rows (70 -> 128), so a long bf16 run does not keep one per row count."""
+    torch.manual_seed(0)
+    a, b, g = torch.randn(70, 16), torch.randn(8, 16), torch.randn(70, 8)
+    lo = [x.to(dtype) for x in (a, b, g)]
+    with FlopCounterMode(display=False) as counter:
+        nt, tn = matmul_nt(lo[0], lo[1]), matmul_tn(lo[2], lo[0])
+    assert counter.get_total_flops() == 2 * 128 * 16 * 8 * 2
+    assert nt.dtype == tn.dtype == dtype and nt.shape == (70, 8) and tn.shape == (8, 16)
+    torch.testing.assert_close(nt.float(), a @ b.t(), rtol=3e-2, atol=5e-2)
+    torch.testing.assert_close(tn.float(), g.t() @ a, rtol=3e-2, atol=2e-1)
+
+
 @needs_onednn
 def test_a_prepacked_weight_gives_the_same_products(monkeypatch):
     torch.manual_seed(0)
