@@ -49,6 +49,19 @@ def test_train_throughput_benchmark(prepared_small, tmp_path):
     assert row["tgt_tok_s"] > 0 and row["train_gflop_s"] > 0 and 0 < row["mfu"]
 
 
+def test_rss_growth_benchmark(prepared_small, tmp_path):
+    """bench/rss_growth.py: the resident set every --every updates, batches cycling over epochs."""
+    out = tmp_path / "rss.json"
+    tiny = ["model.d_model=32", "model.heads=2", "model.ff_size=64", "model.encoder_layers=1",
+            "model.decoder_layers=1", "train.batch_tokens=600", "train.threads=1"]
+    bench("rss_growth.py", "--data", str(prepared_small), "--amp", "none", "--updates", "7", "--every", "3",
+          "--out", str(out), *(a for s in tiny for a in ("--set", s)))
+    result = json.loads(out.read_text())["results"]
+    assert [r["update"] for r in result["curves"]["transformer/none"]] == [3, 6]
+    (row,) = result["rows"]
+    assert (row["first_update"], row["last_update"]) == (3, 6) and 0 < row["first_rss_mb"] <= row["peak_rss_mb"]
+
+
 def test_amp_quality_benchmark(prepared_small, tmp_path):
     """bench/amp_quality.sh: fp32 and bf16 runs of equal steps, each scored on the test set."""
     import os
