@@ -18,8 +18,8 @@ usual ``F.linear``, training under CPU autocast with its rows padded as oneDNN's
 per row count took the bf16 Transformer's peak RSS to 1.80 GB over 60 updates against 1.40 GB
 padded (for 4-5% of the tokens/s: the padding copies). The loss's bf16 products are padded too
 (:func:`matmul_nt`, :func:`matmul_tn`): unpadded, its last chunk's new row count in nearly every
-batch grew the RSS by about 2 MB an update (500 updates: 2.21 GB against 1.18 GB padded, and on to
-7.7 GB at 2,000). Weights and state dict stay as they are.
+batch grew the RSS by 2-4 MB an update (``bench/rss_growth.py``, 500 updates: 3.04 GB against
+1.16 GB padded; ``nmt train``, 2,000 updates: 7.7 GB against 1.25). Weights and state dict stay as they are.
 Dynamically quantised layers are not plain ``nn.Linear`` and are left alone. :func:`matmul_nt`,
 :func:`matmul_tn` and :func:`prepack` serve the products of the chunked output-layer loss.
 """
@@ -95,8 +95,8 @@ def _low_precision_cpu(a: Tensor, b: Tensor) -> bool:
 def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b^T`` with no gradient: a ``(M, K)``, b ``(N, K)`` (any strides, or :func:`prepack`'s)
     -> ``(M, N)``; by oneDNN for fp32 CPU tensors where :func:`onednn_usable`, else torch's matmul
-    (bf16/fp16 on a CPU with its rows padded, see :func:`_low_precision_cpu`). For products inside an autograd function of their own (the chunked output-layer loss,
-    :mod:`nmt.loss`)."""
+    (bf16/fp16 on a CPU with its rows padded, see :func:`_low_precision_cpu`). For products inside
+    an autograd function of their own (the chunked output-layer loss, :mod:`nmt.loss`)."""
     if b.is_mkldnn or (a.dtype == b.dtype == torch.float32 and a.device.type == "cpu" and onednn_usable()):
         return onednn_linear(a, b, None)  # b: a :func:`prepack` result or a dense matrix
     if _low_precision_cpu(a, b):
